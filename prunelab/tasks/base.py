@@ -1,0 +1,67 @@
+"""The contract every fine-tuning task implements (GLUE, SQuAD, ...).
+
+A task owns its data (hub or local files), its model head, how its logits are compared for
+distillation, and how raw eval logits become metrics. The training loop knows nothing else.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+
+@dataclass
+class TaskData:
+    """Tokenized data ready for DataLoaders.
+
+    train / eval: map-style datasets whose items are dicts of model inputs; train items carry the
+    training targets (``labels`` or ``start_positions``/``end_positions``); eval items carry only
+    what the model's forward accepts (plus ``labels`` where the task has them).
+    collator: batches items with dynamic padding.
+    extra: whatever ``compute_metrics`` needs besides logits (e.g. SQuAD examples and offsets).
+    notes: plain-language facts a reader of summary.json must know (e.g. a held-out split).
+    """
+
+    train: Any
+    eval: Any
+    collator: Callable
+    extra: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+class Task(ABC):
+    """Base class. Constructed by Hydra from ``conf/task/<name>.yaml`` plus run-time keywords:
+    ``data_root`` (str | None), ``max_length`` (int), ``max_train_samples`` / ``max_eval_samples``
+    (int | None), ``seed`` (int)."""
+
+    name: str
+    family: str  # "glue" | "squad": pairs dense/sparse rows in reports and picks the model head
+    main_metric: str  # metric key without the "eval/" prefix, e.g. "accuracy" or "f1"
+
+    @abstractmethod
+    def auto_model_class(self) -> type:
+        """The transformers Auto class for this task's head."""
+
+    def model_kwargs(self) -> dict:
+        """Extra keywords for ``from_pretrained`` / ``from_config`` (e.g. ``num_labels``)."""
+        return {}
+
+    @abstractmethod
+    def load(self, tokenizer) -> TaskData:
+        """Read and tokenize the data (hub by default, local files when ``data_root`` is set)."""
+
+    @abstractmethod
+    def logits(self, outputs) -> tuple[torch.Tensor, ...]:
+        """The logits distillation compares: ``(logits,)`` or ``(start_logits, end_logits)``."""
+
+    @abstractmethod
+    def compute_metrics(self, logits: tuple[np.ndarray, ...], data: TaskData) -> dict[str, float]:
+        """Metrics from eval logits concatenated over the whole eval set, in dataset order.
+        Keys carry no prefix (``accuracy``, ``f1``, ``exact_match`` ...)."""
+
+    def write_predictions(self, logits: tuple[np.ndarray, ...], data: TaskData, out_dir: Path) -> None:
+        """Write task-specific prediction files into ``out_dir`` (SQuAD: predictions.json)."""

@@ -1,5 +1,13 @@
-"""Placeholder until the engine lands (being written now)."""
+"""The pruning engine: INC-style configs, hook-driven masks, measured reports. Imports torch only.
 
+    pruning = prepare_pruning(model, {"target_sparsity": 0.8, "pattern": "4x1", ...})
 
-def prepare_pruning(model, config):
-    raise NotImplementedError("pruning engine not built yet")
+Modules: ``config`` (keys and validation), ``ops`` (which modules, seen as [out, in]),
+``patterns`` (units and masks), ``criteria`` (scores), ``schedules`` (sparsity per step),
+``selection`` (exact lowest-k), ``pruner`` (one group of ops), ``api`` (hooks, checkpoint),
+``measure`` (the report).
+"""
+from prunelab.sparsity.api import Pruning, prepare_pruning
+from prunelab.sparsity.config import GroupConfig, PruningConfig, parse_config
+
+__all__ = ["GroupConfig", "Pruning", "PruningConfig", "parse_config", "prepare_pruning"]

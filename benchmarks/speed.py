@@ -1,0 +1,277 @@
+"""Speed of the pruning engine on a BERT-mini shape; prints one JSON object.
+
+    python benchmarks/speed.py                                # prunelab
+    /work/venv-inc/bin/python benchmarks/speed.py --backend inc   # INC 2.6, same model and steps
+
+Model: BertForSequenceClassification from a config (4 layers, hidden 256, 4 heads, intermediate
+1024, random init), batch 16 x 128 tokens, AdamW, 2 threads; every Linear except classifier and
+pooler is pruned (24 ops, 3.15M weights). Per pattern it reports
+
+* ``dense_step_ms`` / ``pruned_step_ms``: medians of interleaved training steps on the same model
+  without and with the hook calls, on steps that are inside the pruning window but not mask
+  updates (masks present, scores accumulating: the most a non-update step costs);
+* ``hooks_ms``: the three hook calls of such a step timed alone, and ``overhead_pct`` =
+  hooks_ms / dense_step_ms (robust to the step-to-step noise of a shared machine);
+* ``update_ms``: one mask update from dense to the target, timed alone (median);
+* ``update_step_ms``: a full training step whose ``on_step_begin`` performs that update.
+
+``--base`` adds the isolated update time on a BERT-base shape (12 layers, hidden 768: 72 ops,
+85M weights) to show how the cost grows with model size.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CASES = [("4x1", "snip_momentum", 0.8), ("2:4", "snip_momentum", 0.5), ("1x1", "magnitude", 0.9), ("1xchannel", "snip_momentum", 0.8)]
+MINI = {"num_hidden_layers": 4, "hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 1024}
+BASE = {"num_hidden_layers": 12, "hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 3072}
+# Updates at steps 0 (prunes nothing), 1000 and 2000 (the target); 1500 is a scoring, non-update step.
+START, FREQUENCY, END = 0, 1000, 2000
+QUIET_STEP, UPDATE_STEP = 1500, END
+
+
+def engine_keys(pattern: str, pruning_type: str, target: float) -> dict:
+    return {
+        "target_sparsity": target,
+        "pruning_type": pruning_type,
+        "pattern": pattern,
+        "op_names": [],
+        "excluded_op_names": ["classifier", "pooler"],
+        "pruning_op_types": ["Linear"],
+        "start_step": START,
+        "end_step": END,
+        "pruning_frequency": FREQUENCY,
+        "pruning_scope": "global",
+        "sparsity_decay_type": "exp",
+    }
+
+
+class PrunelabBackend:
+    name = "prunelab"
+
+    def __init__(self, model, pattern, pruning_type, target):
+        sys.path.insert(0, REPO)
+        import prunelab
+
+        self.pruning = prunelab.prepare_pruning(model, engine_keys(pattern, pruning_type, target))
+        self.pruning.on_train_begin()
+        self.group = self.pruning.groups[0]
+        self.target = target
+        self.ops = len(self.group.ops)
+        self.weights = self.group.numel
+
+    def at(self, step):
+        self.pruning.step = step
+
+    def on_step_begin(self):
+        self.pruning.on_step_begin(self.pruning.step)
+
+    def on_before_optimizer_step(self):
+        self.pruning.on_before_optimizer_step()
+
+    def on_after_optimizer_step(self):
+        self.pruning.on_after_optimizer_step()
+
+    def reset_masks(self):
+        for op in self.group.ops:
+            op.mask.fill_(1.0)
+            op.pruned_units = 0
+
+    def update(self):
+        self.group.update_masks(self.target, UPDATE_STEP)
+
+
+class IncBackend:
+    name = "inc-2.6"
+
+    def __init__(self, model, pattern, pruning_type, target):
+        from neural_compressor.training import WeightPruningConfig, prepare_compression
+
+        self.manager = prepare_compression(model, WeightPruningConfig([engine_keys(pattern, pruning_type, target)]))
+        self.callbacks = self.manager.callbacks
+        self.callbacks.on_train_begin()
+        self.pruner = self.callbacks.callbacks_list[0].pruners[0]
+        self.ops = len(self.pruner.modules)
+        self.weights = sum(m.weight.numel() for m in self.pruner.modules.values())
+
+    def at(self, step):
+        self.pruner.global_step = step
+        self.pruner.handled_global_step = -1
+
+    def on_step_begin(self):
+        self.callbacks.on_step_begin(self.pruner.global_step)
+
+    def on_before_optimizer_step(self):
+        self.callbacks.on_before_optimizer_step()
+
+    def on_after_optimizer_step(self):
+        self.callbacks.on_after_optimizer_step()
+
+    def reset_masks(self):
+        for key in self.pruner.masks:
+            self.pruner.masks[key] = torch.ones_like(self.pruner.masks[key])
+        self.pruner.current_sparsity_ratio = 0.0
+        self.pruner.completed_pruned_cnt = self.pruner.total_prune_cnt  # next update targets the final ratio
+        self.pruner.pattern.keep_mask_layers = {}
+
+    def update(self):
+        self.at(UPDATE_STEP)
+        self.pruner.update_masks(UPDATE_STEP)
+
+
+BACKENDS = {"prunelab": PrunelabBackend, "inc": IncBackend}
+
+
+def build_model(shape: dict, seed: int = 0):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(BertConfig(**shape, num_labels=2))
+
+
+def make_batch(vocab: int, batch: int = 16, length: int = 128) -> dict:
+    generator = torch.Generator().manual_seed(1)
+    return {
+        "input_ids": torch.randint(0, vocab, (batch, length), generator=generator),
+        "attention_mask": torch.ones(batch, length, dtype=torch.long),
+        "labels": torch.randint(0, 2, (batch,), generator=generator),
+    }
+
+
+def median_ms(samples: list[float]) -> float:
+    return round(statistics.median(samples) * 1e3, 2)
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def train_step(model, optimizer, batch, engine=None) -> tuple[float, float]:
+    """One optimizer step; returns (step seconds, seconds spent in the hooks)."""
+    hooks = 0.0
+    start = time.perf_counter()
+    if engine:
+        hooks += timed(engine.on_step_begin)
+    model(**batch).loss.backward()
+    if engine:
+        hooks += timed(engine.on_before_optimizer_step)
+    optimizer.step()
+    if engine:
+        hooks += timed(engine.on_after_optimizer_step)
+    optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - start, hooks
+
+
+def restore(model, snapshot):
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.copy_(snapshot[name])
+
+
+def bench_case(backend_cls, pattern, pruning_type, target, steps, repeats) -> dict:
+    model = build_model(MINI)
+    model.train()
+    snapshot = {name: p.detach().clone() for name, p in model.named_parameters()}
+    batch = make_batch(model.config.vocab_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    engine = backend_cls(model, pattern, pruning_type, target)
+    for _ in range(2):  # warm-up, and seeds snip_momentum scores from real gradients
+        engine.at(QUIET_STEP)
+        train_step(model, optimizer, batch, engine)
+
+    update_times = []
+    for _ in range(repeats):
+        restore(model, snapshot)
+        engine.reset_masks()
+        update_times.append(timed(engine.update))
+
+    dense, pruned, hooks = [], [], []
+    for _ in range(steps):
+        dense.append(train_step(model, optimizer, batch)[0])
+        engine.at(QUIET_STEP)
+        step_time, hook_time = train_step(model, optimizer, batch, engine)
+        pruned.append(step_time)
+        hooks.append(hook_time)
+
+    update_steps = []
+    for _ in range(max(2, repeats // 2)):
+        restore(model, snapshot)
+        engine.reset_masks()
+        engine.at(UPDATE_STEP)
+        update_steps.append(train_step(model, optimizer, batch, engine)[0])
+
+    dense_ms, hooks_ms = median_ms(dense), median_ms(hooks)
+    return {
+        "pattern": pattern,
+        "pruning_type": pruning_type,
+        "target_sparsity": target,
+        "ops": engine.ops,
+        "weights": engine.weights,
+        "update_ms": median_ms(update_times),
+        "update_step_ms": median_ms(update_steps),
+        "dense_step_ms": dense_ms,
+        "pruned_step_ms": median_ms(pruned),
+        "hooks_ms": hooks_ms,
+        "overhead_pct": round(100 * hooks_ms / dense_ms, 2),
+    }
+
+
+def bench_base_update(backend_cls, pattern, pruning_type, target, repeats) -> dict:
+    """Isolated update on BERT-base weights; scores seeded from one step of random gradients."""
+    model = build_model(BASE)
+    engine = backend_cls(model, pattern, pruning_type, target)
+    generator = torch.Generator().manual_seed(2)
+    for param in model.parameters():
+        param.grad = torch.randn(param.shape, generator=generator)
+    engine.at(QUIET_STEP)
+    engine.on_step_begin()
+    engine.on_before_optimizer_step()
+    snapshot = {name: p.detach().clone() for name, p in model.named_parameters()}
+    times = []
+    for _ in range(repeats):
+        restore(model, snapshot)
+        engine.reset_masks()
+        times.append(timed(engine.update))
+    return {"pattern": pattern, "ops": engine.ops, "weights": engine.weights, "update_ms": median_ms(times)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", choices=sorted(BACKENDS), default="prunelab")
+    parser.add_argument("--steps", type=int, default=8, help="interleaved dense/pruned steps per pattern")
+    parser.add_argument("--repeats", type=int, default=7, help="isolated mask updates per pattern")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--base", action="store_true", help="also time updates on a BERT-base shape")
+    parser.add_argument("--patterns", nargs="*", help="subset of: " + " ".join(c[0] for c in CASES))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    backend_cls = BACKENDS[args.backend]
+    cases = [c for c in CASES if not args.patterns or c[0] in args.patterns]
+    result = {
+        "backend": backend_cls.name,
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "model": "bert-mini shape " + json.dumps(MINI),
+        "batch": "16 x 128",
+        "cases": [bench_case(backend_cls, *case, args.steps, args.repeats) for case in cases],
+    }
+    if args.base:
+        result["bert_base_updates"] = [bench_base_update(backend_cls, *case, max(3, args.repeats // 2)) for case in cases]
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

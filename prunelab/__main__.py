@@ -1,0 +1,26 @@
+"""``python -m prunelab [overrides]``: compose conf/ with Hydra and run one job (or a sweep with -m)."""
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from prunelab.config import register_resolvers
+from prunelab.errors import ConfigError
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    from prunelab.run import run  # after Hydra parsed the command line: --help stays fast
+
+    try:
+        metrics = run(cfg)
+    except ConfigError as error:
+        print(f"prunelab: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    return next(iter(metrics.values()))  # run() puts the main metric first; sweepers optimise it
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""``prepare_pruning`` and the ``Pruning`` object a training loop drives with hook calls.
+
+Call order, once per optimizer step (with gradient accumulation: once per *optimizer* step, not
+per micro-batch)::
+
+    pruning.on_train_begin()
+    for batch in loader:
+        pruning.on_step_begin(step)        # may update masks (before the forward pass)
+        loss.backward()
+        pruning.on_before_optimizer_step() # zeroes pruned gradients, feeds the criterion
+        optimizer.step()
+        pruning.on_after_optimizer_step()  # re-zeroes pruned weights, advances the step count
+    pruning.on_train_end()
+
+The engine counts optimizer steps itself (as INC did); the ``step`` passed to ``on_step_begin``
+is accepted for INC-compatible call sites and otherwise unused. A broken sequence (a hook skipped
+or repeated) raises ``RuntimeError`` naming the missing call instead of silently pruning nothing.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from prunelab.sparsity.config import PruningConfig, parse_config
+from prunelab.sparsity.measure import build_report
+from prunelab.sparsity.ops import select_ops
+from prunelab.sparsity.pruner import PruningGroup
+
+STATE_FORMAT = "prunelab.sparsity/1"
+
+# Hook phases within one optimizer step.
+_READY, _STEPPING, _GRADS = "ready", "stepping", "grads"
+
+
+def prepare_pruning(model: nn.Module, config: Mapping | PruningConfig) -> "Pruning":
+    """Validate ``config`` and attach a pruning engine to ``model`` (the model is not modified yet).
+
+    Call it after moving the model to its device. ``config`` is an INC-style dict (or OmegaConf
+    DictConfig) or a ``PruningConfig``; see ``prunelab.sparsity.config`` for the keys.
+    """
+    return Pruning(model, parse_config(config))
+
+
+class Pruning:
+    """Masks, scores and schedule for every group of ops; driven by the hook methods."""
+
+    def __init__(self, model: nn.Module, config: PruningConfig):
+        self.model = model
+        self.config = config
+        self.groups: list[PruningGroup] = []
+        owner: dict[str, int] = {}
+        weights: dict[int, str] = {}
+        for index, group_config in enumerate(config.groups):
+            matched = select_ops(
+                model, group_config.op_names, group_config.excluded_op_names, group_config.pruning_op_types
+            )
+            if not matched:
+                raise ValueError(
+                    f"pruning group {index} matches no op: op_names={list(group_config.op_names)}, "
+                    f"excluded_op_names={list(group_config.excluded_op_names)}, "
+                    f"pruning_op_types={list(group_config.pruning_op_types)}"
+                )
+            for name, module, _ in matched:
+                if name in owner:
+                    raise ValueError(
+                        f"op {name!r} is claimed by pruning groups {owner[name]} and {index}; "
+                        "narrow their op_names or excluded_op_names so each op belongs to one group"
+                    )
+                owner[name] = index
+                if id(module.weight) in weights:
+                    raise ValueError(
+                        f"ops {weights[id(module.weight)]!r} and {name!r} share one weight tensor; exclude one of them"
+                    )
+                weights[id(module.weight)] = name
+            self.groups.append(PruningGroup(index, group_config, matched))
+        unfit = [(name, group) for group in self.groups for name in group.unfit]
+        if unfit:
+            listing = ", ".join(
+                f"{name} {list(_module_shape(model, name))} ({group.pattern.name})" for name, group in unfit
+            )
+            warnings.warn(
+                f"prunelab: {len(unfit)} op(s) do not fit their pruning pattern and stay dense: {listing}",
+                stacklevel=3,
+            )
+        self.step = 0
+        self._began = False
+        self._phase = _READY
+
+    # --------------------------------------------------------------------------------- hooks
+    def on_train_begin(self) -> None:
+        """Start (or resume) training: masks follow the weights' device and are applied."""
+        for group in self.groups:
+            group.sync_devices()
+            group.apply_masks()
+        self._began = True
+        self._phase = _READY
+
+    def on_step_begin(self, step: int | None = None) -> None:
+        """Before the forward pass of optimizer step ``self.step``; updates masks when scheduled."""
+        if not self._began:
+            raise RuntimeError("on_step_begin() called before on_train_begin(): call on_train_begin() once before the loop")
+        if self._phase == _STEPPING:
+            raise RuntimeError(
+                f"on_step_begin() called twice for step {self.step} without on_before_optimizer_step() and "
+                "on_after_optimizer_step(): call both around every optimizer.step()"
+            )
+        if self._phase == _GRADS:
+            raise RuntimeError(
+                f"on_after_optimizer_step() was not called after optimizer.step() of step {self.step}: without it "
+                "the step count stalls and pruning silently stops (INC's failure); call it after every optimizer.step()"
+            )
+        for group in self.groups:
+            group.step_begin(self.step)
+        self._phase = _STEPPING
+
+    def on_before_optimizer_step(self) -> None:
+        """After ``loss.backward()``, before ``optimizer.step()``."""
+        if self._phase != _STEPPING:
+            missing = "on_after_optimizer_step()" if self._phase == _GRADS else "on_step_begin()"
+            raise RuntimeError(
+                f"on_before_optimizer_step() called at step {self.step} without {missing} first: the order is "
+                "on_step_begin(), backward, on_before_optimizer_step(), optimizer.step(), on_after_optimizer_step()"
+            )
+        for group in self.groups:
+            group.before_optimizer_step(self.step)
+        self._phase = _GRADS
+
+    def on_after_optimizer_step(self) -> None:
+        """Right after ``optimizer.step()``: re-zero pruned weights and count the step."""
+        if self._phase != _GRADS:
+            missing = "on_before_optimizer_step()" if self._phase == _STEPPING else "on_step_begin()"
+            raise RuntimeError(
+                f"on_after_optimizer_step() called at step {self.step} without {missing} first: pruned gradients "
+                "were not masked and scores not updated"
+            )
+        for group in self.groups:
+            group.apply_masks()
+        self.step += 1
+        self._phase = _READY
+
+    def on_train_end(self) -> None:
+        """Finish pending progressive blends; warn if training stopped before the schedule ended."""
+        if self._phase != _READY:
+            raise RuntimeError(
+                f"on_train_end() called in the middle of step {self.step}: finish the step with "
+                "on_after_optimizer_step() first"
+            )
+        for group in self.groups:
+            group.finish()
+        short = [g for g in self.groups if not g.locked and g.ops and self.step <= g.schedule.last_update_step]
+        if short:
+            warnings.warn(
+                "prunelab: training ended at step "
+                f"{self.step} before the last mask update of group(s) "
+                + ", ".join(f"{g.index} (step {g.schedule.last_update_step})" for g in short)
+                + ": the target sparsity was not reached",
+                stacklevel=2,
+            )
+
+    # ------------------------------------------------------------------------------- queries
+    @property
+    def current_sparsity(self) -> float:
+        """Scheduled sparsity now, weighted over all groups' pruned weights (for progress bars)."""
+        total = sum(group.numel for group in self.groups)
+        if not total:
+            return 0.0
+        return sum(group.current_sparsity(self.step) * group.numel for group in self.groups) / total
+
+    def report(self) -> dict:
+        """Measured sparsity (zeros counted in the weights) per op, per group and overall."""
+        return build_report(self.model, self.groups, self.step)
+
+    # ---------------------------------------------------------------------------- checkpoint
+    def state_dict(self) -> dict:
+        """Everything needed for an exact resume: masks, criterion scores, step, blend state."""
+        return {
+            "format": STATE_FORMAT,
+            "step": self.step,
+            "groups": [group.state_dict() for group in self.groups],
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore ``state_dict()`` output; the pruned weights are zeroed at once."""
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"not a prunelab pruning state (format {state.get('format')!r}, expected {STATE_FORMAT!r})")
+        if len(state["groups"]) != len(self.groups):
+            raise ValueError(f"checkpoint has {len(state['groups'])} pruning groups, this config {len(self.groups)}")
+        for group, saved in zip(self.groups, state["groups"]):
+            group.load_state_dict(saved)
+        self.step = int(state["step"])
+        self._phase = _READY
+
+
+def _module_shape(model: nn.Module, name: str) -> torch.Size:
+    return model.get_submodule(name).weight.shape

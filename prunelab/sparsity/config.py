@@ -1,0 +1,243 @@
+"""Validate an INC-style pruning config (dict, DictConfig or ``PruningConfig``) into typed groups.
+
+The keys and their meanings are INC 2.x's ``WeightPruningConfig``. Global keys are defaults for
+every entry of ``pruning_configs`` (a list of groups; a key set in a group overrides the global
+one); without ``pruning_configs`` there is one group made of the global keys. Unlike INC, an
+unknown key or a bad value raises ``ValueError`` naming the key and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from prunelab.sparsity.ops import OP_KINDS, OP_TYPE_ALIASES
+from prunelab.sparsity.patterns import NInMPattern, Pattern, parse_pattern
+from prunelab.sparsity.schedules import DECAYS
+
+CRITERIA = ("magnitude", "gradient", "snip", "snip_momentum", "movement")
+PRUNING_TYPES = (*CRITERIA, *(f"{c}_progressive" for c in CRITERIA), "pattern_lock")
+SCOPES = ("global", "local")
+OP_TYPES = (*OP_KINDS, *OP_TYPE_ALIASES)
+GRADIENT_CRITERIA = ("gradient", "snip", "snip_momentum", "movement")
+PROGRESSIVE_STEPS = 4  # INC's fixed number of sub-steps over which a progressive mask is blended in
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    """One group of ops pruned together; field defaults are INC's (except op types, see below)."""
+
+    target_sparsity: float = 0.9  # fraction of the group's weights zeroed at end_step
+    pruning_type: str = "snip_momentum"  # criterion, optionally "_progressive"; or "pattern_lock"
+    pattern: str = "4x1"  # unit of pruning: NxM block, 1xchannel, channelx1 or N:M
+    op_names: tuple[str, ...] = ()  # regexes searched in module names; empty = every op
+    # Seed-example defaults: keep the task head and the embeddings dense (INC auto-excluded the
+    # last Linear instead).
+    excluded_op_names: tuple[str, ...] = ("classifier", "pooler", ".*embeddings.*")
+    pruning_op_types: tuple[str, ...] = ("Linear",)  # module kinds; INC's default also had "Conv"
+    start_step: int = 0  # optimizer step of the first mask update
+    end_step: int = 0  # last optimizer step a mask update may happen; == start_step: one-shot
+    pruning_frequency: int = 1  # optimizer steps between mask updates
+    pruning_scope: str = "global"  # one threshold across the group's ops, or one per op
+    sparsity_decay_type: str = "exp"  # how the target grows between start_step and end_step
+    min_sparsity_ratio_per_op: float = 0.0  # global scope: every op ends at least this sparse
+    max_sparsity_ratio_per_op: float = 0.98  # global scope: no op is pruned beyond this
+
+    @property
+    def criterion(self) -> str:
+        """The scoring rule without the ``_progressive`` suffix (``pattern_lock`` as is)."""
+        return self.pruning_type.removesuffix("_progressive")
+
+    @property
+    def progressive(self) -> bool:
+        return self.pruning_type.endswith("_progressive")
+
+    @property
+    def pattern_object(self) -> Pattern:
+        return parse_pattern(self.pattern)
+
+    def to_dict(self) -> dict:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+KEYS = tuple(f.name for f in dataclasses.fields(GroupConfig))
+
+
+@dataclass(frozen=True)
+class PruningConfig:
+    """A validated config: one ``GroupConfig`` per entry of ``pruning_configs``."""
+
+    groups: tuple[GroupConfig, ...]
+
+    @classmethod
+    def from_dict(cls, config: Mapping) -> "PruningConfig":
+        return parse_config(config)
+
+    def to_dict(self) -> dict:
+        """INC-style dict that ``from_dict`` turns back into an equal config."""
+        return {"pruning_configs": [group.to_dict() for group in self.groups]}
+
+
+def parse_config(config: object) -> PruningConfig:
+    """Validate ``config`` (mapping, OmegaConf DictConfig, ``PruningConfig`` or ``GroupConfig``)."""
+    if isinstance(config, PruningConfig):
+        return config
+    if isinstance(config, GroupConfig):
+        return PruningConfig((config,))
+    if not isinstance(config, Mapping):
+        raise ValueError(
+            f"pruning config must be a dict, an OmegaConf DictConfig or a PruningConfig, got {type(config).__name__}"
+        )
+    global_keys = {str(k): v for k, v in config.items() if k != "pruning_configs"}
+    _check_keys(global_keys, "")
+    groups = config.get("pruning_configs") or [{}]
+    if isinstance(groups, (str, bytes)) or not isinstance(groups, Sequence):
+        raise ValueError(f"pruning_configs={groups!r} must be a list of dicts (one per group of ops)")
+    parsed = []
+    for index, group in enumerate(groups):
+        where = f"pruning_configs[{index}]."
+        if not isinstance(group, Mapping):
+            raise ValueError(f"{where[:-1]}={group!r} must be a dict of pruning keys")
+        group_keys = {str(k): v for k, v in group.items()}
+        if "pruning_configs" in group_keys:
+            raise ValueError(f"{where}pruning_configs: groups cannot nest; list every group at the top level")
+        _check_keys(group_keys, where)
+        merged = {**global_keys, **group_keys}
+        parsed.append(_build_group(merged, {key: (where if key in group_keys else "") for key in merged}))
+    return PruningConfig(tuple(parsed))
+
+
+def _check_keys(keys: Mapping, where: str) -> None:
+    unknown = sorted(set(keys) - set(KEYS))
+    if unknown:
+        raise ValueError(f"unknown pruning key {where}{unknown[0]!r}; allowed keys: {', '.join(KEYS)}, pruning_configs")
+
+
+def _build_group(values: dict, where: dict) -> GroupConfig:
+    def name(key: str) -> str:
+        return where.get(key, "") + key
+
+    fields = {}
+    for key, value in values.items():
+        fields[key] = _VALIDATORS[key](name(key), value)
+    group = GroupConfig(**fields)
+    _check_group(group, name)
+    return group
+
+
+def _float_in(low: float, high: float, high_open: bool = False):
+    def check(key: str, value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{key}={value!r} must be a number in [{low}, {high}{')' if high_open else ']'}")
+        value = float(value)
+        if not (low <= value < high if high_open else low <= value <= high):
+            raise ValueError(f"{key}={value!r} is out of range: allowed [{low}, {high}{')' if high_open else ']'}")
+        return value
+
+    return check
+
+
+def _int_at_least(low: int):
+    def check(key: str, value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{key}={value!r} must be an integer >= {low}")
+        if value < low:
+            raise ValueError(f"{key}={value!r} is out of range: allowed integers >= {low}")
+        return int(value)
+
+    return check
+
+
+def _choice(allowed: tuple[str, ...]):
+    def check(key: str, value: object) -> str:
+        if value not in allowed:
+            raise ValueError(f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+        return value
+
+    return check
+
+
+def _regex_list(key: str, value: object) -> tuple[str, ...]:
+    items = (value,) if isinstance(value, str) else value
+    if not isinstance(items, Sequence) or not all(isinstance(item, str) for item in items):
+        raise ValueError(f"{key}={value!r} must be a list of regular expressions (strings)")
+    for item in items:
+        try:
+            re.compile(item)
+        except re.error as error:
+            raise ValueError(f"{key} entry {item!r} is not a valid regular expression: {error}") from None
+    return tuple(items)
+
+
+def _op_types(key: str, value: object) -> tuple[str, ...]:
+    items = (value,) if isinstance(value, str) else value
+    if not isinstance(items, Sequence) or not items:
+        raise ValueError(f"{key}={value!r} must be a non-empty list drawn from: {', '.join(OP_TYPES)}")
+    for item in items:
+        if item not in OP_TYPES:
+            raise ValueError(f"{key} entry {item!r} is not allowed; choose from: {', '.join(OP_TYPES)}")
+    return tuple(items)
+
+
+def _pattern(key: str, value: object) -> str:
+    return parse_pattern(value, key).name
+
+
+_VALIDATORS = {
+    "target_sparsity": _float_in(0.0, 1.0, high_open=True),
+    "pruning_type": _choice(PRUNING_TYPES),
+    "pattern": _pattern,
+    "op_names": _regex_list,
+    "excluded_op_names": _regex_list,
+    "pruning_op_types": _op_types,
+    "start_step": _int_at_least(0),
+    "end_step": _int_at_least(0),
+    "pruning_frequency": _int_at_least(1),
+    "pruning_scope": _choice(SCOPES),
+    "sparsity_decay_type": _choice(tuple(DECAYS)),
+    "min_sparsity_ratio_per_op": _float_in(0.0, 1.0),
+    "max_sparsity_ratio_per_op": _float_in(0.0, 1.0),
+}
+
+
+def _check_group(group: GroupConfig, name) -> None:
+    """Checks that involve several keys of one group."""
+    if group.end_step < group.start_step:
+        raise ValueError(f"{name('end_step')}={group.end_step} is before {name('start_step')}={group.start_step}")
+    if group.pruning_type == "pattern_lock":
+        return  # locks the existing zeros; target, ratios and schedule do not apply
+    if group.min_sparsity_ratio_per_op > group.max_sparsity_ratio_per_op:
+        raise ValueError(
+            f"{name('min_sparsity_ratio_per_op')}={group.min_sparsity_ratio_per_op} exceeds "
+            f"{name('max_sparsity_ratio_per_op')}={group.max_sparsity_ratio_per_op}"
+        )
+    if not group.min_sparsity_ratio_per_op <= group.target_sparsity <= group.max_sparsity_ratio_per_op:
+        raise ValueError(
+            f"{name('target_sparsity')}={group.target_sparsity} must lie between {name('min_sparsity_ratio_per_op')}="
+            f"{group.min_sparsity_ratio_per_op} and {name('max_sparsity_ratio_per_op')}={group.max_sparsity_ratio_per_op}"
+        )
+    pattern = group.pattern_object
+    if isinstance(pattern, NInMPattern) and group.target_sparsity > pattern.max_fraction:
+        raise ValueError(
+            f"{name('target_sparsity')}={group.target_sparsity} is above {pattern.n}/{pattern.m}="
+            f"{pattern.max_fraction:g}, the most pattern {pattern.name!r} can prune"
+        )
+    one_shot = (group.end_step - group.start_step) < group.pruning_frequency
+    if group.criterion in GRADIENT_CRITERIA and one_shot and group.start_step == 0:
+        raise ValueError(
+            f"{name('pruning_type')}={group.pruning_type!r} scores weights with gradients of earlier steps, "
+            f"so a one-shot prune needs {name('start_step')} >= 1 (got start_step=end_step=0); "
+            "use pruning_type='magnitude' to prune before training"
+        )
+    if group.progressive and (one_shot or group.pruning_frequency < 2):
+        raise ValueError(
+            f"{name('pruning_type')}={group.pruning_type!r} blends each new mask in over "
+            f"min({PROGRESSIVE_STEPS}, pruning_frequency) steps between updates, so it needs an iterative "
+            f"schedule with {name('pruning_frequency')} >= 2 and end_step - start_step >= pruning_frequency "
+            f"(got pruning_frequency={group.pruning_frequency}, start_step={group.start_step}, end_step={group.end_step})"
+        )
+
+
+def _plain(value: object) -> object:
+    return list(value) if isinstance(value, tuple) else value

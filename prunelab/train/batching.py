@@ -1,0 +1,35 @@
+"""Training batches that remember which examples they hold, so distillation can look up teacher
+logits computed once before training, whatever order the shuffled loader picks."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch.utils.data import Dataset
+
+EXAMPLE_INDEX = "example_index"
+
+
+class IndexedDataset(Dataset):
+    """Items of ``dataset`` paired with their position in it."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[int, dict]:
+        return index, self.dataset[index]
+
+
+class IndexedCollator:
+    """The task's collator over the items, plus ``example_index`` (a LongTensor) in the batch."""
+
+    def __init__(self, collator: Callable):
+        self.collator = collator
+
+    def __call__(self, pairs: list[tuple[int, dict]]) -> dict:
+        batch = dict(self.collator([item for _, item in pairs]))
+        batch[EXAMPLE_INDEX] = torch.tensor([index for index, _ in pairs], dtype=torch.long)
+        return batch

@@ -1,0 +1,119 @@
+"""Knowledge distillation from a frozen teacher: the ``distill`` config group.
+
+loss = task loss + loss_weight * mean over the task's logit tensors of KL(teacher || student) on
+softmax at ``temperature``, scaled by T^2 (one-output regression heads use MSE instead).
+Per-token logits (shape [batch, seq], e.g. SQuAD start/end) ignore padding positions, so teacher
+logits precomputed under one padding give the same loss under any other.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from accelerate.utils import send_to_device
+from torch.utils.data import DataLoader
+
+from prunelab.config import to_input_path
+from prunelab.errors import ConfigError
+from prunelab.tasks.base import Task
+from prunelab.train.batching import EXAMPLE_INDEX
+
+# Logit given to padding positions: softmax weight ~0 without the NaNs -inf brings into KL.
+PADDING_LOGIT = -1.0e4
+
+
+def no_distillation(task: Task, student: torch.nn.Module) -> None:
+    """``distill=none``: the run trains on the task loss alone."""
+    return None
+
+
+class KnowledgeDistiller:
+    """teacher: a model directory; null = a frozen copy of the student's starting weights (the
+    dense fine-tuned model being pruned). precompute: run the teacher once over the training set
+    before training and look its logits up by example index instead of a teacher pass per step."""
+
+    def __init__(
+        self,
+        task: Task,
+        student: torch.nn.Module,
+        teacher: str | None = None,
+        temperature: float = 2.0,
+        loss_weight: float = 1.0,
+        precompute: bool = False,
+    ):
+        if temperature <= 0:
+            raise ConfigError(f"distill.temperature={temperature}: must be > 0")
+        self.task = task
+        self.temperature = temperature
+        self.loss_weight = loss_weight
+        self.precompute = precompute
+        self.teacher = copy.deepcopy(student) if teacher is None else _load_teacher(task, teacher)
+        self.teacher.eval().requires_grad_(False)
+        self.accelerator = None
+        self.stored: tuple[torch.Tensor, ...] | None = None
+
+    def prepare(self, accelerator, ordered_loader: DataLoader) -> None:
+        """Move the teacher to the training device; precompute its logits when asked.
+
+        ordered_loader: the training set in dataset order, batches carrying ``example_index``.
+        """
+        self.accelerator = accelerator
+        self.teacher.to(accelerator.device)
+        if self.precompute:
+            self.stored = self._precompute(ordered_loader)
+
+    def loss(self, outputs, batch: dict, example_index: torch.Tensor) -> torch.Tensor:
+        student = self.task.logits(outputs)
+        teacher = self._lookup(example_index, student) if self.stored is not None else self._teacher_logits(batch)
+        mask = batch.get("attention_mask")
+        terms = [self._divergence(s, t.to(s.dtype), mask) for s, t in zip(student, teacher)]
+        return self.loss_weight * torch.stack(terms).mean()
+
+    def _teacher_logits(self, batch: dict) -> tuple[torch.Tensor, ...]:
+        with torch.no_grad(), self.accelerator.autocast():
+            return tuple(t.detach() for t in self.task.logits(self.teacher(**batch)))
+
+    def _precompute(self, loader: DataLoader) -> tuple[torch.Tensor, ...]:
+        chunks: list[tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = []
+        for batch in loader:
+            batch = send_to_device(dict(batch), self.accelerator.device)
+            index = batch.pop(EXAMPLE_INDEX)
+            chunks.append((index.cpu(), tuple(t.float().cpu() for t in self._teacher_logits(batch))))
+        count = sum(len(index) for index, _ in chunks)
+        stored = []
+        for position in range(len(chunks[0][1])):
+            # Per-token logits come padded to each batch's length: keep the widest.
+            width = tuple(max(sizes) for sizes in zip(*(logits[position].shape[1:] for _, logits in chunks)))
+            table = torch.full((count, *width), PADDING_LOGIT)
+            for index, logits in chunks:
+                values = logits[position]
+                table[(index, *(slice(0, n) for n in values.shape[1:]))] = values
+            stored.append(table)
+        return tuple(stored)
+
+    def _lookup(self, example_index: torch.Tensor, student: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        rows = []
+        for table, like in zip(self.stored, student):
+            picked = table[example_index.cpu()]
+            picked = picked[(slice(None), *(slice(0, n) for n in like.shape[1:]))]
+            rows.append(picked.to(like.device))
+        return tuple(rows)
+
+    def _divergence(self, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if mask is not None and student.shape == mask.shape:
+            padding = mask == 0
+            student = student.masked_fill(padding, PADDING_LOGIT)
+            teacher = teacher.masked_fill(padding, PADDING_LOGIT)
+        if student.shape[-1] == 1:
+            return F.mse_loss(student, teacher)
+        t = self.temperature
+        return F.kl_div(F.log_softmax(student / t, dim=-1), F.softmax(teacher / t, dim=-1), reduction="batchmean") * t * t
+
+
+def _load_teacher(task: Task, path: str) -> torch.nn.Module:
+    source = to_input_path(path)
+    try:
+        return task.auto_model_class().from_pretrained(source, **task.model_kwargs())
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"distill.teacher={path}: cannot load a model there ({type(error).__name__})") from error

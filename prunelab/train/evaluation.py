@@ -1,0 +1,38 @@
+"""Eval-set logits from any model, in dataset order, gathered across processes."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from prunelab.tasks.base import Task
+
+# Fills per-token logits of shorter batches up to the longest (as transformers' QA examples do).
+PAD_LOGIT = -100.0
+
+
+def predict(model, loader, task: Task, accelerator) -> tuple[tuple[np.ndarray, ...], float]:
+    """Logits over the whole loader (one array per tensor of ``task.logits``) and the mean loss."""
+    model.eval()
+    parts: list[tuple[np.ndarray, ...]] = []
+    losses = []
+    with torch.no_grad(), accelerator.autocast():
+        for batch in loader:
+            outputs = model(**batch)
+            if getattr(outputs, "loss", None) is not None:
+                losses.append(accelerator.gather_for_metrics(outputs.loss.detach().reshape(1)).float().mean().item())
+            tensors = [
+                accelerator.pad_across_processes(t, dim=1, pad_index=PAD_LOGIT) if t.dim() > 1 else t
+                for t in task.logits(outputs)
+            ]
+            gathered = accelerator.gather_for_metrics(tensors)
+            parts.append(tuple(t.float().cpu().numpy() for t in gathered))
+    logits = tuple(_concatenate([p[i] for p in parts]) for i in range(len(parts[0])))
+    return logits, float(np.mean(losses)) if losses else float("nan")
+
+
+def _concatenate(arrays: list[np.ndarray]) -> np.ndarray:
+    if arrays[0].ndim == 1:
+        return np.concatenate(arrays)
+    width = max(a.shape[1] for a in arrays)
+    padded = [np.pad(a, [(0, 0), (0, width - a.shape[1]), *[(0, 0)] * (a.ndim - 2)], constant_values=PAD_LOGIT) for a in arrays]
+    return np.concatenate(padded)

@@ -1,0 +1,72 @@
+"""When pruning happens, in optimizer steps: the ``scheduler`` config group.
+
+Pruning starts after ``sparsity_warm_epochs`` and ends ``cooldown_epochs`` before the end of
+training; the result is the engine's ``start_step``/``end_step``/``pruning_frequency`` keys.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prunelab.errors import ConfigError
+
+# INC's reference scripts spread the mask updates of an automatic frequency over 40 points.
+AUTO_UPDATES = 40
+
+
+@dataclass
+class PruningSteps:
+    """Where the pruning window falls for one run (all counts in optimizer steps)."""
+
+    steps_per_epoch: int
+    num_train_epochs: int
+    sparsity_warm_epochs: float
+    cooldown_epochs: float
+
+    @property
+    def start(self) -> int:
+        return round(self.sparsity_warm_epochs * self.steps_per_epoch)
+
+    @property
+    def last(self) -> int:
+        """The last step of the window: the step before cooldown starts (0-based, inclusive)."""
+        total = self.steps_per_epoch * self.num_train_epochs
+        return total - round(self.cooldown_epochs * self.steps_per_epoch) - 1
+
+
+@dataclass
+class IterativeSchedule:
+    """Sparsity rises from 0 to the target over the window along ``sparsity_decay_type``
+    (linear, cos, exp, cube: INC's slow start; cubic: Zhu-Gupta's fast start)."""
+
+    sparsity_decay_type: str = "exp"
+
+    def engine_keys(self, steps: PruningSteps, pruning_frequency: int | None) -> dict:
+        start, end = steps.start, steps.last
+        if end < start:
+            raise ConfigError(
+                f"sparsity_warm_epochs={steps.sparsity_warm_epochs} + cooldown_epochs={steps.cooldown_epochs}: "
+                f"leave no pruning steps within num_train_epochs={steps.num_train_epochs}"
+            )
+        frequency = pruning_frequency or max(1, (end - start + 1) // AUTO_UPDATES)
+        return {
+            "start_step": start,
+            "end_step": end,
+            "pruning_frequency": frequency,
+            "sparsity_decay_type": self.sparsity_decay_type,
+        }
+
+
+@dataclass
+class OneShotSchedule:
+    """The whole target at once, on the first step after ``sparsity_warm_epochs`` (at least step 1,
+    so gradient-based criteria have one step of gradients to score); masks then stay."""
+
+    def engine_keys(self, steps: PruningSteps, pruning_frequency: int | None) -> dict:
+        total = steps.steps_per_epoch * steps.num_train_epochs
+        start = max(steps.start, 1)
+        if start >= total:
+            raise ConfigError(
+                f"sparsity_warm_epochs={steps.sparsity_warm_epochs}: one-shot pruning must start before "
+                f"num_train_epochs={steps.num_train_epochs} end (training has {total} optimizer steps)"
+            )
+        return {"start_step": start, "end_step": start, "pruning_frequency": 1}

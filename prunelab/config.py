@@ -6,13 +6,16 @@ import importlib
 import os
 from pathlib import Path
 
-from hydra.utils import to_absolute_path
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
+from transformers import SchedulerType
 
 from prunelab.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MIXED_PRECISION = ("no", "fp16", "bf16")
+LR_SCHEDULERS = tuple(kind.value for kind in SchedulerType)
 
 
 def package_model_path(module: str) -> str:
@@ -60,6 +63,8 @@ def validate(cfg: DictConfig) -> None:
     for key in ("sparsity_warm_epochs", "cooldown_epochs", "learning_rate", "weight_decay", "num_warmup_steps"):
         if cfg[key] < 0:
             raise ConfigError(f"{key}={cfg[key]}: must be >= 0")
+    if cfg.lr_scheduler_type not in LR_SCHEDULERS:
+        raise ConfigError(f"lr_scheduler_type={cfg.lr_scheduler_type}: allowed {list(LR_SCHEDULERS)}")
     if cfg.mixed_precision not in MIXED_PRECISION:
         raise ConfigError(f"mixed_precision={cfg.mixed_precision}: allowed {list(MIXED_PRECISION)}")
     if cfg.data_root is not None and not Path(to_input_path(cfg.data_root)).is_dir():
@@ -69,3 +74,14 @@ def validate(cfg: DictConfig) -> None:
 def to_input_path(path: str) -> str:
     """A path given in the config, resolved against the directory the command was started in."""
     return str(Path(to_absolute_path(str(path))).resolve())
+
+
+def build(node: DictConfig, **kwargs):
+    """``hydra.utils.instantiate`` that lets a ``ConfigError`` from the target through unwrapped
+    (Hydra wraps every error in InstantiationException, burying the one-line message)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, ConfigError):
+            raise error.__cause__ from None
+        raise

@@ -52,8 +52,9 @@ class RunSummary:
     metrics, sparsity, overrides, notes, wall_time_s, versions, output_dir.
     """
 
-    def __init__(self, output_dir: Path, **fields):
+    def __init__(self, output_dir: Path, writes: bool = True, **fields):
         self.path = output_dir / SUMMARY
+        self.writes = writes
         self.fields = {
             "status": "running",
             "error": None,
@@ -85,7 +86,8 @@ class RunSummary:
 
     def write(self, **fields) -> None:
         self.update(**fields)
-        write_json_atomic(self.path, self.fields)
+        if self.writes:
+            write_json_atomic(self.path, self.fields)
 
 
 def save_model(model, tokenizer, output_dir: Path, verify: Callable[[Path], None] | None = None) -> Path:

@@ -11,16 +11,16 @@ from pathlib import Path
 import datasets
 import numpy as np
 import transformers
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import prunelab
-from prunelab.config import register_resolvers, to_input_path, validate
+from prunelab.config import build, register_resolvers, to_input_path, validate
 from prunelab.errors import ConfigError
 from prunelab.outputs import METRICS, RunSummary, append_jsonl, save_model
+from prunelab.train.evaluation import predict
 from prunelab.train.loop import Evaluation, Trainer, TrainConfig
 from prunelab.train.pruning_window import PruningSteps
 
@@ -43,7 +43,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, floa
     out = Path(output_dir) if output_dir is not None else Path(HydraConfig.get().runtime.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    summary = RunSummary(out, **_describe(cfg))
+    # With several processes (multi-GPU) only the main one writes files.
+    summary = RunSummary(out, writes=PartialState().is_main_process, **_describe(cfg))
     summary.write()
     try:
         metrics = _run(cfg, out, summary)
@@ -51,21 +52,23 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, floa
         summary.write(status="failed", error=_one_line(error), wall_time_s=time.perf_counter() - started)
         raise
     summary.write(status="completed", wall_time_s=time.perf_counter() - started)
-    _print_summary(summary.fields)
+    if summary.writes:
+        _print_summary(summary.fields)
     return metrics
 
 
 def _run(cfg: DictConfig, out: Path, summary: RunSummary) -> dict[str, float]:
     validate(cfg)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
     set_seed(cfg.seed)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    if accelerator.is_main_process:
+        (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
 
-    source = instantiate(cfg.model)
+    source = build(cfg.model)
     summary.update(model_name_or_path=source.source)
     tokenizer = source.load_tokenizer()
 
-    task = instantiate(
+    task = build(
         cfg.task,
         data_root=to_input_path(cfg.data_root) if cfg.data_root else None,
         max_length=cfg.max_length,
@@ -80,7 +83,7 @@ def _run(cfg: DictConfig, out: Path, summary: RunSummary) -> dict[str, float]:
 
     model = source.load_model(task.auto_model_class(), **task.model_kwargs())
     # The default teacher is the starting model, so it is copied before any pruning touches it.
-    distiller = instantiate(cfg.distill)(task=task, student=model)
+    distiller = build(cfg.distill)(task=task, student=model)
     trainer = Trainer(model, task, data, _train_config(cfg), accelerator)
     engine_config = _engine_config(cfg, trainer.steps_per_epoch)
     pruning = _setup_pruning(engine_config, model) if cfg.do_prune else None
@@ -110,7 +113,7 @@ def _engine_config(cfg: DictConfig, steps_per_epoch: int) -> dict:
     """``cfg.pruning`` plus the step keys the scheduler derives from the pruning window."""
     engine_config = OmegaConf.to_container(cfg.pruning, resolve=True)
     steps = PruningSteps(steps_per_epoch, cfg.num_train_epochs, cfg.sparsity_warm_epochs, cfg.cooldown_epochs)
-    engine_config.update(instantiate(cfg.scheduler).engine_keys(steps, cfg.pruning_frequency))
+    engine_config.update(build(cfg.scheduler).engine_keys(steps, cfg.pruning_frequency))
     return engine_config
 
 
@@ -137,8 +140,6 @@ def _dense_measurement(engine_config: dict, model):
 
 def _logit_check(trainer: Trainer, final: Evaluation):
     """Reload a saved model directory and compare its eval logits with the trained model's."""
-    from prunelab.train.evaluation import predict
-
     def verify(directory: Path) -> None:
         reloaded = trainer.task.auto_model_class().from_pretrained(directory).to(trainer.accelerator.device)
         logits, _ = predict(reloaded, trainer.eval_loader, trainer.task, trainer.accelerator)
@@ -173,7 +174,9 @@ def _train_config(cfg: DictConfig) -> TrainConfig:
 def _describe(cfg: DictConfig) -> dict:
     """Summary fields known from the config alone (so even a run failing at once has them)."""
     pruning = cfg.pruning
-    patterns = sorted({pruning.pattern, *(c.get("pattern", pruning.pattern) for c in pruning.pruning_configs)})
+    # Groups in pruning_configs override the global pattern; "1x1+4x1" names a mixed recipe.
+    groups = pruning.pruning_configs or [{}]
+    patterns = sorted({group.get("pattern", pruning.pattern) for group in groups})
     return {
         "task": OmegaConf.select(cfg, "task.name") or _choice("task"),
         "model": cfg.model.name,

@@ -8,10 +8,14 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from prunelab.config import register_resolvers
+
+# Tests run beside other work on 2 cores: one thread avoids oversubscription (10x slower steps).
+torch.set_num_threads(1)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -123,11 +127,13 @@ def tiny_data_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def make_config(tiny_data_root):
     """``make_config(*overrides)``: conf/config.yaml composed with SHRINK, the tiny data root and
-    ``overrides`` (later ones win), as ``python -m prunelab`` would compose it."""
+    ``overrides`` (later ones win), as ``python -m prunelab`` would compose it.
+    ``shrink=False`` composes the overrides alone (presets as users get them)."""
     register_resolvers()
 
-    def make(*overrides: str) -> DictConfig:
+    def make(*overrides: str, shrink: bool = True) -> DictConfig:
+        base = [*SHRINK, f"data_root={tiny_data_root}"] if shrink else []
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose("config", overrides=[*SHRINK, f"data_root={tiny_data_root}", *overrides])
+            return compose("config", overrides=[*base, *overrides])
 
     return make

@@ -78,6 +78,23 @@ def sweep(tmp_path: Path) -> Path:
     return sweep_dir
 
 
+def test_overlapping_roots_read_each_job_once(sweep: Path):
+    jobs = find_jobs([sweep / "3", sweep.parent, sweep])
+    assert len(jobs) == 8 and jobs[0].path == sweep / "3"
+    assert [job.path for job in jobs if job.status == MISSING] == [sweep / "1", sweep / "7"]
+
+
+def test_a_rerun_seed_replaces_its_failed_run(sweep: Path, tmp_path: Path):
+    write_job(tmp_path / "rerun" / "0", ["do_prune=True", "pattern=4x1", "seed=1", "model=tiny"],
+              fake_summary(True, "4x1", 0.8, 1, 0.72))
+    report = build_report([sweep, tmp_path / "rerun"], tmp_path / "out", plots=False)
+    row_4x1 = report.rows[0]
+    assert row_4x1.sparse.seeds == [2, 1] and row_4x1.sparse.unfinished == []
+    assert row_4x1.sparse.mean == pytest.approx(0.73)
+    assert "0.7300 / 0.7400 (n=2) |" in report.markdown.read_text()
+    assert [job.status for job in report.jobs].count(FAILED) == 1  # still listed as a problem
+
+
 def test_plan_expands_multirun_yaml_like_the_basic_sweeper(sweep: Path):
     plan = expected_jobs(sweep)
     assert len(plan) == 8
@@ -117,10 +134,12 @@ def test_markdown_has_reference_layout_and_lists_problems(sweep: Path, tmp_path:
     assert ("| Model | Dataset | Sparsity pattern | Element-wise/matmul, Gemm, conv ratio | "
             "Dense accuracy (mean / max) | Sparse accuracy (mean / max) | Relative drop |") in text
     assert ("| tiny | mrpc | 4x1 | 0.7220 (target 0.8) | 0.8100 / 0.8200 (n=2) | "
-            "0.7400 / 0.7400 (n=1; 1 failed) | 8.64% |") in text
-    assert "| tiny | mrpc | 2:4 | 0.4510 (target 0.5) | 0.8100 / 0.8200 (n=2) | 0.7800 / 0.7800 (n=1) | 3.70% |" in text
+            "0.7400 / 0.7400 (n=1; 1 failed) | +8.64% |") in text
+    assert ("| tiny | mrpc | 2:4 | 0.4510 (target 0.5) | 0.8100 / 0.8200 (n=2) | "
+            "0.7800 / 0.7800 (n=1) | +3.70% |") in text
     problems = text.split("## Failed, running and missing jobs")[1]
-    assert f"| failed | `{sweep / '4'}` | `do_prune=True pattern=4x1 seed=1 model=tiny` | RuntimeError: boom |" in problems
+    assert (f"| failed | `{sweep / '4'}` | `do_prune=True pattern=4x1 seed=1 model=tiny` | "
+            "RuntimeError: boom |") in problems
     assert f"| missing | `{sweep / '1'}`" in problems and f"| missing | `{sweep / '7'}`" in problems
     assert "Jobs: 8 (5 completed, 1 failed, 2 missing)" in text
 
@@ -181,6 +200,20 @@ def test_unreadable_and_incomplete_summaries_are_invalid(tmp_path: Path):
     assert [job.status for job in jobs] == [INVALID, INVALID]
     assert "unreadable: JSONDecodeError" in jobs[0].error
     assert "metrics['eval/accuracy'] is None" in jobs[1].error
+
+
+def test_jobs_that_died_early_join_their_row(tmp_path: Path):
+    write_job(tmp_path / "s" / "0", ["seed=1"], fake_summary(True, "4x1", 0.8, 1, 0.7))
+    early = fake_summary(True, "4x1", 0.8, 2, 0.0, status=FAILED, error="OSError: no data")
+    early["main_metric"] = None  # failed before its task was built
+    write_job(tmp_path / "s" / "1", ["seed=2"], early)
+    killed = fake_summary(True, "4x1", 0.8, 3, 0.0, status="running")
+    write_job(tmp_path / "s" / "2", ["seed=3"], killed)
+    report = build_report([tmp_path / "s"], plots=False)
+    (row,) = report.rows
+    assert row.sparse.seeds == [1] and [job.status for job in row.sparse.unfinished] == [FAILED, "running"]
+    assert "0.7000 / 0.7000 (n=1; 1 failed, 1 running)" in report.markdown.read_text()
+    assert "killed before it could record its end" in report.jobs[2].error
 
 
 def test_override_values_strips_prefixes_and_skips_deletions():

@@ -109,6 +109,11 @@ def test_left_padding_tokenizer_puts_context_first_and_labels_still_map_back(lef
 def test_bad_window_settings_raise(tokenizer):
     with pytest.raises(ValueError, match="doc_stride"):
         tokenize_windows(tokenizer, [QUESTION], [CONTEXT], max_seq_length=32, doc_stride=32)
+    # QUESTION is 5 tokens + 3 special: a 24-token window holds 16 context tokens, so stride 16
+    # would never advance (the tokenizer itself would panic).
+    with pytest.raises(ValueError, match=r"longest question has 5 tokens.*holds only 16 context tokens"):
+        tokenize_windows(tokenizer, [QUESTION], [CONTEXT], max_seq_length=24, doc_stride=16)
+    assert len(tokenize_windows(tokenizer, [QUESTION], [CONTEXT], max_seq_length=24, doc_stride=15).lengths) > 1
 
 
 def _toy_windows() -> tuple[Windows, list[str]]:

@@ -81,8 +81,8 @@ def test_local_files_load_into_windows_with_labels(tmp_path, tokenizer):
     context = ARTICLES[0][1]
     start, end = item["start_positions"], item["end_positions"]
     assert tokenizer.decode(item["input_ids"][start : end + 1]) == "paris"
-    # Eval items carry only model inputs; the text needed to score them stays in extra.
-    assert set(data.eval[0]) == {"input_ids", "token_type_ids", "attention_mask"}
+    # Eval items carry model inputs and labels (for an eval loss); the text to score stays in extra.
+    assert set(data.eval[0]) == {"input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions"}
     assert data.extra["contexts"][0] == context
 
 

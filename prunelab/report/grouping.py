@@ -83,6 +83,8 @@ class Row:
         """(dense mean - sparse mean) / dense mean in percent: positive when pruning lost accuracy."""
         if self.sparse is None or self.dense is None or not self.sparse.runs or not self.dense.runs:
             return math.nan
+        if self.dense.mean == 0.0:
+            return math.nan
         return 100.0 * (self.dense.mean - self.sparse.mean) / self.dense.mean
 
 
@@ -151,6 +153,9 @@ def group_jobs(jobs: list[Job]) -> tuple[list[Group], list[str]]:
             group.duplicates.append(job)
         else:
             group.runs.append(job)
+    for group in groups.values():
+        # a failed seed that a later run completed (a re-run) no longer counts against its row
+        group.unfinished = [job for job in group.unfinished if job.summary.get("seed") not in group.seeds]
     return list(groups.values()), extras
 
 

@@ -71,7 +71,7 @@ def _last_log_line(job_dir: Path) -> str | None:
 
 def _check_summary(summary: dict) -> str | None:
     """Why a summary that claims to be completed cannot be tabulated, or None."""
-    missing = [key for key in REQUIRED_SUMMARY_KEYS if key not in summary]
+    missing = [key for key in REQUIRED_SUMMARY_KEYS if summary.get(key) is None]
     if missing:
         return f"summary.json lacks {', '.join(missing)}"
     value = summary["metrics"].get(summary["main_metric"])
@@ -94,8 +94,11 @@ def read_job(job_dir: Path) -> Job:
                    error=f"summary.json is unreadable: {type(exc).__name__}: {exc}")
     overrides = _read_overrides(job_dir, summary)
     status = summary.get("status")
-    if status in (FAILED, RUNNING):
+    if status == FAILED:
         return Job(job_dir, overrides, status, summary, summary.get("error"))
+    if status == RUNNING:
+        return Job(job_dir, overrides, status, summary,
+                   "summary.json says running: the job is still running, or was killed before it could record its end")
     if status != COMPLETED:
         return Job(job_dir, overrides, INVALID, summary,
                    f"summary.json status is {status!r}; allowed: completed, failed, running")
@@ -144,16 +147,17 @@ def find_jobs(roots: list[Path]) -> list[Job]:
     Raises ReportInputError for a root that is not a directory or that holds no job.
     """
     jobs: list[Job] = []
-    seen: set[Path] = set()
+    seen: set[Path] = set()  # resolved job and sweep dirs: overlapping roots read each once
     for root in roots:
         root = Path(root)
         if not root.is_dir():
             raise ReportInputError(f"sweep dir {str(root)!r} does not exist or is not a directory")
         job_dirs, sweep_dirs = _walk(root)
         found = [read_job(path) for path in sorted(job_dirs, key=_natural_key) if path.resolve() not in seen]
-        seen.update(job.path.resolve() for job in found)
         for sweep_dir in sweep_dirs:
-            found += _never_started(sweep_dir, found)
+            if sweep_dir.resolve() not in seen:
+                found += _never_started(sweep_dir, jobs + found)
+        seen.update(path.resolve() for path in [*job_dirs, *sweep_dirs])
         jobs += found
     if not jobs:
         raise ReportInputError(

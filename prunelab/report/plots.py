@@ -6,24 +6,31 @@ import re
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only: no display on clusters and CI
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from prunelab.report.grouping import Row  # noqa: E402
+from prunelab.report.grouping import Row
 
 # "<...>.layer.3.attention.self.query" (BERT), "transformer.h.0.attn.c_attn" (GPT-2), "blocks.2.mlp"
 LAYER_OP = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.(.+)$")
 NO_LAYER = "other"
 EXCLUDED = -1.0  # grid value of an op the pruner left out (drawn grey, labelled "excl.")
 MAX_ANNOTATED_CELLS = 400
+RATIO = "linear_conv_sparsity"  # the x axis: measured zeros over all Linear/Conv weights
 
 
 def slug(*parts: object) -> str:
     """A file-name-safe join: ``("bert-mini", "2:4", 0.5)`` -> ``bert-mini_2-4_0.5``."""
     return "_".join(re.sub(r"[^A-Za-z0-9._-]+", "-", str(part)).strip("-") for part in parts if part is not None)
+
+
+def _figure(width: float, height: float):
+    """A figure drawn by the Agg canvas: PNG files without pyplot, so no display is needed and the
+    caller's own matplotlib backend is left alone."""
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots()
 
 
 def op_sparsity_grid(ops: dict[str, dict], unpruned_ops: list[str]) -> tuple[list[str], list[str], np.ndarray]:
@@ -52,8 +59,8 @@ def plot_op_sparsity(summary: dict, path: Path) -> Path:
     if not rows:
         raise ValueError(f"summary of {summary.get('output_dir')} has no ops under sparsity.ops to plot")
     shown = np.ma.masked_where(~(grid >= 0), grid)  # NaN and EXCLUDED drawn as "bad" (grey)
-    cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")
-    fig, ax = plt.subplots(figsize=(2.0 + 1.1 * len(columns), 1.6 + 0.45 * len(rows)))
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")
+    fig, ax = _figure(2.0 + 1.1 * len(columns), 1.6 + 0.45 * len(rows))
     image = ax.imshow(shown, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
     fig.colorbar(image, ax=ax, label="sparsity (zeros / weights)")
     ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right", fontsize=8)
@@ -69,11 +76,10 @@ def plot_op_sparsity(summary: dict, path: Path) -> Path:
     ax.set_title(
         f"{summary.get('model')} {summary.get('task')} {summary.get('pattern')} "
         f"target {summary.get('target_sparsity')} seed {summary.get('seed')}\n"
-        f"linear/conv sparsity {sparsity.get('linear_conv_sparsity', math.nan):.4f}, "
+        f"linear/conv sparsity {sparsity.get(RATIO, math.nan):.4f}, "
         f"pruned ops {sparsity.get('pruned_ops_sparsity', math.nan):.4f}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -81,14 +87,16 @@ def plot_metric_vs_sparsity(rows: list[Row], path: Path) -> Path:
     """Main metric against measured sparsity for the rows of one model and task: a line per
     pattern through the seed means (seeds as dots), the dense mean as a horizontal line."""
     first = rows[0].main
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for pattern in dict.fromkeys(row.sparse.pattern for row in rows if row.sparse and row.sparse.runs):
-        groups = sorted((row.sparse for row in rows if row.sparse and row.sparse.runs and row.sparse.pattern == pattern),
-                        key=lambda group: group.sparsity_mean("linear_conv_sparsity"))
-        x = [group.sparsity_mean("linear_conv_sparsity") for group in groups]
-        line, = ax.plot(x, [group.mean for group in groups], marker="o", label=f"{pattern} (mean)")
-        seed_x = [job.summary["sparsity"].get("linear_conv_sparsity", math.nan) for g in groups for job in g.runs]
-        ax.scatter(seed_x, [job.metric for g in groups for job in g.runs], color=line.get_color(), alpha=0.35, s=14)
+    fig, ax = _figure(6.4, 4.4)
+    sparse = [row.sparse for row in rows if row.sparse and row.sparse.runs]
+    for pattern in dict.fromkeys(group.pattern for group in sparse):
+        groups = sorted((group for group in sparse if group.pattern == pattern),
+                        key=lambda group: group.sparsity_mean(RATIO))
+        line, = ax.plot([group.sparsity_mean(RATIO) for group in groups], [group.mean for group in groups],
+                        marker="o", label=f"{pattern} (mean)")
+        runs = [job for group in groups for job in group.runs]
+        ax.scatter([job.summary["sparsity"].get(RATIO, math.nan) for job in runs], [job.metric for job in runs],
+                   color=line.get_color(), alpha=0.35, s=14)
     dense = next((row.dense for row in rows if row.dense and row.dense.runs), None)
     if dense is not None:
         ax.axhline(dense.mean, color="black", linestyle="--", label=f"dense (mean, n={dense.n})")
@@ -100,7 +108,6 @@ def plot_metric_vs_sparsity(rows: list[Row], path: Path) -> Path:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

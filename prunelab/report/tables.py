@@ -48,7 +48,7 @@ def _ratio_cell(row: Row) -> str:
 
 def _drop_cell(row: Row) -> str:
     drop = row.relative_drop_pct
-    return "—" if math.isnan(drop) else f"{drop:.2f}%"
+    return "—" if math.isnan(drop) else f"{drop:+.2f}%"
 
 
 def _markdown_table(rows: list[Row], metric: str, extras: list[str]) -> list[str]:
@@ -61,7 +61,7 @@ def _markdown_table(rows: list[Row], metric: str, extras: list[str]) -> list[str
                  group.pattern if row.sparse else "dense", _ratio_cell(row),
                  metric_cell(row.dense, row.dense_note or "—"),
                  metric_cell(row.sparse, "— (dense only)"), _drop_cell(row)]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |")
     return lines
 
 
@@ -86,7 +86,8 @@ def render_markdown(rows: list[Row], extras: list[str], jobs: list[Job], roots: 
         "Metric cells: mean / max over seeds, n = completed seeds. "
         f"{RATIO_COLUMN}: measured zeros over all Linear/Conv weights (excluded ops included), "
         "mean over seeds, the configured target in parentheses. "
-        "Relative drop = (dense mean - sparse mean) / dense mean: positive means the sparse model is worse.",
+        "Relative drop = (dense mean - sparse mean) / dense mean: positive means the sparse model is worse "
+        "(INC's tables print the same ratio with the opposite sign).",
         "",
     ]
     if plots:
@@ -113,7 +114,7 @@ def _group_fields(group: Group | None, prefix: str) -> dict:
     if group is None:
         return {}
     return {f"{prefix}_mean": _number(group.mean, 6), f"{prefix}_max": _number(group.max, 6),
-            f"{prefix}_n": group.n, f"{prefix}_seeds": " ".join(map(str, group.seeds)),
+            f"{prefix}_n": group.n, f"{prefix}_seeds": " ".join(map(str, sorted(group.seeds))),
             f"{prefix}_not_completed": _not_completed(group)}
 
 

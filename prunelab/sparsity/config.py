@@ -94,17 +94,20 @@ def parse_config(config: object) -> PruningConfig:
     groups = config.get("pruning_configs") or [{}]
     if isinstance(groups, (str, bytes)) or not isinstance(groups, Sequence):
         raise ValueError(f"pruning_configs={groups!r} must be a list of dicts (one per group of ops)")
-    parsed = []
+    group_keys = []
     for index, group in enumerate(groups):
         where = f"pruning_configs[{index}]."
         if not isinstance(group, Mapping):
             raise ValueError(f"{where[:-1]}={group!r} must be a dict of pruning keys")
-        group_keys = {str(k): v for k, v in group.items()}
-        if "pruning_configs" in group_keys:
+        keys = {str(k): v for k, v in group.items()}
+        if "pruning_configs" in keys:
             raise ValueError(f"{where}pruning_configs: groups cannot nest; list every group at the top level")
-        _check_keys(group_keys, where)
-        merged = {**global_keys, **group_keys}
-        parsed.append(_build_group(merged, {key: (where if key in group_keys else "") for key in merged}))
+        _check_keys(keys, where)
+        group_keys.append(keys)
+    parsed = []
+    for index, keys in enumerate(group_keys):
+        merged = {**global_keys, **keys}
+        parsed.append(_build_group(merged, {key: f"pruning_configs[{index}]." if key in keys else "" for key in merged}))
     return PruningConfig(tuple(parsed))
 
 

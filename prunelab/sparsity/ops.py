@@ -58,6 +58,10 @@ class OpView:
             return tensor.t()
         return tensor.movedim(1, -1).reshape(self.rows, self.cols)
 
+    def writable_2d(self, tensor: torch.Tensor) -> torch.Tensor | None:
+        """The ``[out, in]`` view of ``tensor`` when writing to it writes ``tensor`` (not for convs)."""
+        return None if self.kind in ("Conv1d", "Conv2d") else self.to_2d(tensor)
+
     def from_2d(self, matrix: torch.Tensor) -> torch.Tensor:
         if self.kind == "Linear":
             return matrix

@@ -14,6 +14,7 @@ Pattern objects hold no tensors; every method is a pure function of its argument
 """
 from __future__ import annotations
 
+import itertools
 import re
 from abc import ABC, abstractmethod
 
@@ -26,12 +27,12 @@ PRUNED_SCORE = -1e20
 PATTERN_FORMS = '"1x1", "NxM" (e.g. "4x1", "2x2", "1x4"), "1xchannel", "channelx1", "N:M" (e.g. "2:4", also written "2in4")'
 
 
-def with_pruned_last(scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+def with_pruned_last(scores: torch.Tensor, keep: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """``scores`` with every pruned position (``keep == 0``) moved to ``PRUNED_SCORE``.
 
     Arithmetic rather than ``masked_fill``: exact for kept positions and several times faster on CPU.
     """
-    return torch.add(scores, keep - 1, alpha=-PRUNED_SCORE)
+    return torch.add(scores, keep - 1, alpha=-PRUNED_SCORE, out=out)
 
 
 class Pattern(ABC):
@@ -57,16 +58,17 @@ class Pattern(ABC):
         """Fold a ``[rows, cols]`` element-wise score into the criterion state this pattern keeps."""
 
     @abstractmethod
-    def unit_scores(self, state: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, object]:
-        """Flat per-unit scores (mean per weight; already-pruned units at ``PRUNED_SCORE``).
+    def unit_scores(self, state: torch.Tensor, keep: torch.Tensor, out: torch.Tensor) -> object:
+        """Write flat per-unit scores into ``out`` (mean per weight; already-pruned units at
+        ``PRUNED_SCORE``) and return an opaque helper that ``write_keep`` needs.
 
-        ``keep`` is the current ``[rows, cols]`` mask (1 kept, 0 pruned). Returns the scores and
-        an opaque helper that ``keep_from_pruned`` needs.
+        ``keep`` is the current ``[rows, cols]`` mask (1 kept, 0 pruned).
         """
 
     @abstractmethod
-    def keep_from_pruned(self, pruned: torch.Tensor, helper: object, rows: int, cols: int) -> torch.Tensor:
-        """``[rows, cols]`` keep mask (1 kept, 0 pruned) from flat per-unit 0/1 pruned flags."""
+    def write_keep(self, target: torch.Tensor, pruned: torch.Tensor, helper: object) -> None:
+        """Write the keep mask (1 kept, 0 pruned) for flat per-unit 0/1 ``pruned`` flags into the
+        ``[rows, cols]`` tensor ``target`` (possibly a transposed view)."""
 
     @abstractmethod
     def expand(self, per_unit: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
@@ -100,29 +102,33 @@ class BlockPattern(Pattern):
     def unit_count(self, rows: int, cols: int) -> int:
         return rows * cols // self.unit_weight(rows, cols)
 
-    def reduce(self, elementwise: torch.Tensor) -> torch.Tensor:
-        """Per-block sums ``[rows/N, cols/M]`` (divided by the block size in ``unit_scores``)."""
-        rows, cols = elementwise.shape
+    def _blocks(self, matrix: torch.Tensor) -> torch.Tensor:
+        """``[rows, cols]`` as ``[R, N, C, M]`` (a view: only splits dimensions)."""
+        rows, cols = matrix.shape
         block_rows, block_cols = self.block(rows, cols)
-        if block_rows == block_cols == 1:
-            return elementwise
-        blocks = elementwise.reshape(rows // block_rows, block_rows, cols // block_cols, block_cols)
-        return blocks.sum(dim=(1, 3))
+        return matrix.view(rows // block_rows, block_rows, cols // block_cols, block_cols)
 
-    def unit_scores(self, state, keep):
+    def reduce(self, elementwise: torch.Tensor) -> torch.Tensor:
+        """Per-block sums ``[R, C]`` (divided by the block size in ``unit_scores``)."""
+        if self.block(*elementwise.shape) == (1, 1):
+            return elementwise
+        return self._blocks(elementwise).sum(dim=(1, 3))
+
+    def unit_scores(self, state, keep, out):
         block_rows, block_cols = self.block(*keep.shape)
         # Blocks are pruned whole, so a block's first element tells its state.
         block_keep = keep[::block_rows, ::block_cols]
         mean = state.float() if block_rows * block_cols == 1 else state.float() / (block_rows * block_cols)
-        return with_pruned_last(mean, block_keep).reshape(-1), None
+        with_pruned_last(mean, block_keep, out=out.view(block_keep.shape))
+
+    def write_keep(self, target, pruned, helper):
+        blocks = self._blocks(target)
+        blocks.copy_((1.0 - pruned).view(blocks.shape[0], 1, blocks.shape[2], 1))
 
     def expand(self, per_unit, rows, cols):
         block_rows, block_cols = self.block(rows, cols)
         grid = per_unit.reshape(rows // block_rows, 1, cols // block_cols, 1)
         return grid.expand(-1, block_rows, -1, block_cols).reshape(rows, cols)
-
-    def keep_from_pruned(self, pruned, helper, rows, cols):
-        return 1.0 - self.expand(pruned, rows, cols)
 
 
 class NInMPattern(Pattern):
@@ -147,24 +153,44 @@ class NInMPattern(Pattern):
         """Kept element-wise: which N of a group go depends on the individual scores."""
         return elementwise
 
-    def unit_scores(self, state, keep):
-        rows, cols = keep.shape
-        scores = with_pruned_last(state.float(), keep)
-        # A group's cost is the mean score of its N lowest weights, the ones it would lose;
-        # already-pruned weights sit at PRUNED_SCORE, so a pruned group keeps its choice.
-        lowest, lowest_index = scores.reshape(rows, cols // self.m, self.m).topk(self.n, dim=-1, largest=False)
-        return lowest.mean(dim=-1).reshape(-1), lowest_index
+    def _groups(self, matrix: torch.Tensor) -> torch.Tensor:
+        rows, cols = matrix.shape
+        return matrix.view(rows, cols // self.m, self.m)
+
+    def _lowest_n(self, positions: torch.Tensor) -> torch.Tensor:
+        """0/1 flags ``[M, rows, G]``: is position j among its group's N lowest (ties: first wins)?
+
+        ``positions`` holds the scores position-major, ``[M, rows, G]``. A comparison network over
+        the M positions, each comparison vectorised over all groups: rank_j = #{k < j: s_k <= s_j}
+        + #{k > j: s_k < s_j}. Several times faster on CPU than ``topk``/``sort`` along a
+        dimension of size M; the position-major layout keeps every comparison contiguous.
+        """
+        ranks = torch.empty_like(positions)
+        for j in range(self.m):
+            ranks[j].fill_(j)
+        later_lower = torch.empty_like(positions[0])
+        for j, k in itertools.combinations(range(self.m), 2):
+            torch.lt(positions[k], positions[j], out=later_lower)
+            ranks[j] += later_lower
+            ranks[k] -= later_lower
+        return torch.lt(ranks, self.n, out=ranks)
+
+    def unit_scores(self, state, keep, out):
+        # Already-pruned weights score lowest, so a pruned group keeps the weights it lost.
+        positions = self._groups(with_pruned_last(state.float(), keep)).permute(2, 0, 1).contiguous()
+        lowest = self._lowest_n(positions)
+        # A group's cost is the mean score of the N weights it would lose.
+        torch.sum(positions.mul_(lowest), dim=0, out=out.view(positions.shape[1:])).div_(self.n)
+        return lowest
+
+    def write_keep(self, target, pruned, helper):
+        groups = self._groups(target)
+        kept = helper.mul_(pruned.view(groups.shape[:2])).neg_().add_(1.0)
+        groups.copy_(kept.permute(1, 2, 0))
 
     def expand(self, per_unit, rows, cols):
         groups = per_unit.reshape(rows, cols // self.m, 1)
         return groups.expand(-1, -1, self.m).reshape(rows, cols)
-
-    def keep_from_pruned(self, pruned, helper, rows, cols):
-        lowest_index = helper
-        groups = pruned.reshape(rows, cols // self.m, 1).to(torch.float32)
-        dropped = torch.zeros(rows, cols // self.m, self.m, dtype=torch.float32, device=pruned.device)
-        dropped.scatter_(-1, lowest_index, groups.expand(-1, -1, self.n))
-        return (1.0 - dropped).reshape(rows, cols)
 
 
 _BLOCK = re.compile(r"^(\d+)x(\d+)$")

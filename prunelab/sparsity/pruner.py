@@ -80,9 +80,10 @@ class PruningGroup:
             self.ops.append(PrunedOp(name, module, view, self.pattern.unit_weight(view.rows, view.cols), units, offset, mask))
             offset += units
         self.numel = sum(op.numel for op in self.ops)
-        device = self.ops[0].weight.device if self.ops else torch.device("cpu")
-        self._scores = torch.empty(offset if not self.locked else 0, dtype=torch.float32, device=device)
-        self._picked = torch.empty_like(self._scores)
+        self.units = offset
+        # Per-unit scores and selection flags of the whole group, allocated at the first update.
+        self._scores: torch.Tensor | None = None
+        self._picked: torch.Tensor | None = None
         self._helpers: list[object] = [None] * len(self.ops)
         self.masked = self.locked and any(bool((op.mask == 0).any()) for op in self.ops)
         self.lock_sparsity = (
@@ -107,9 +108,6 @@ class PruningGroup:
                 op.state = None if op.state is None else op.state.to(weight.device)
                 op.final_mask = None if op.final_mask is None else op.final_mask.to(weight.device, weight.dtype)
                 op.stage = None if op.stage is None else op.stage.to(weight.device)
-        if self.ops and self._scores.device != self.ops[0].weight.device:
-            self._scores = self._scores.to(self.ops[0].weight.device)
-            self._picked = torch.empty_like(self._scores)
 
     @torch.no_grad()
     def apply_masks(self) -> None:
@@ -168,11 +166,14 @@ class PruningGroup:
             return
         if self.blend_start is not None:
             self._blend(self.blend_steps - 1)
+        device = self.ops[0].weight.device
+        if self._scores is None or self._scores.device != device:
+            self._scores = torch.empty(self.units, dtype=torch.float32, device=device)
+            self._picked = torch.empty_like(self._scores)
         for position, op in enumerate(self.ops):
             weight = op.view.to_2d(op.weight)
             score = self.criterion.score(op.state, weight, self.pattern)
-            units, self._helpers[position] = self.pattern.unit_scores(score, op.view.to_2d(op.mask))
-            self._scores[op.span] = units
+            self._helpers[position] = self.pattern.unit_scores(score, op.view.to_2d(op.mask), self._scores[op.span])
         total = float(self._scores.sum())
         if not math.isfinite(total):
             raise FloatingPointError(
@@ -247,23 +248,28 @@ class PruningGroup:
             free = [op for op in free if op.name not in pinned_names]
 
     def _set_mask(self, op: PrunedOp, helper: object) -> None:
+        pruned = self._picked[op.span]
+        if not self.config.progressive:
+            target = op.view.writable_2d(op.mask)
+            if target is not None:
+                self.pattern.write_keep(target, pruned, helper)
+                return
         rows, cols = op.view.rows, op.view.cols
-        keep = self.pattern.keep_from_pruned(self._picked[op.span], helper, rows, cols)
+        keep = torch.empty(rows, cols, dtype=op.mask.dtype, device=op.mask.device)
+        self.pattern.write_keep(keep, pruned, helper)
         if not self.config.progressive:
             op.mask.copy_(op.view.from_2d(keep))
             return
         # Weights newly pruned by this update are ranked by score and assigned to sub-steps
         # 1..blend_steps, lowest first, so the new mask arrives in even slices.
         scores = self._scores[op.span]
-        fresh = (self._picked[op.span] > 0) & (scores > PRUNED_SCORE / 2)
-        fresh_index = torch.nonzero(fresh).squeeze(1)
+        fresh_index = torch.nonzero((pruned > 0) & (scores > PRUNED_SCORE / 2)).squeeze(1)
         order = fresh_index[torch.argsort(scores[fresh_index], stable=True)]
         stage = torch.zeros(op.units, dtype=torch.float32, device=scores.device)
-        stage[order] = torch.div(
-            torch.arange(order.numel(), device=scores.device) * self.blend_steps, max(order.numel(), 1), rounding_mode="floor"
-        ).float() + 1
+        slices = torch.arange(order.numel(), device=scores.device) * self.blend_steps // max(order.numel(), 1)
+        stage[order] = slices.float() + 1
         per_weight = self.pattern.expand(stage, rows, cols) * (1.0 - keep)
-        op.final_mask = op.view.from_2d(keep).to(op.mask.dtype).contiguous()
+        op.final_mask = op.view.from_2d(keep).contiguous()
         op.stage = op.view.from_2d(per_weight).to(torch.int8).contiguous()
 
     def _blend(self, sub_step: int) -> None:

@@ -36,12 +36,13 @@ def _kth_smallest_numpy(values: "np.ndarray", k: int) -> float:
     n = values.size
     if n <= _SMALL:
         return float(np.partition(values, k - 1)[k - 1])
-    sample = np.sort(values[:: max(1, n // _SAMPLE_SIZE)])
+    sample = values[:: max(1, n // _SAMPLE_SIZE)].copy()
     m = sample.size
     q = k / n
     margin = 5.0 * math.sqrt(q * (1.0 - q) / m) + 2.0 / m
     lo_index = math.floor((q - margin) * m)
     hi_index = math.ceil((q + margin) * m)
+    sample.partition([i for i in (lo_index, hi_index) if 0 <= i < m] or [0])
     lo = sample[lo_index] if lo_index >= 0 else -np.inf
     hi = sample[hi_index] if hi_index < m else np.inf
     rank = k - int(np.count_nonzero(values < lo))

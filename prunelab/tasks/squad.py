@@ -12,7 +12,7 @@ from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding
 from prunelab.tasks.base import Task, TaskData
 from prunelab.tasks.squad_data import VERSIONS, load_squad
 from prunelab.tasks.squad_metric import squad_v1_scores, squad_v2_scores
-from prunelab.tasks.squad_processing import answer_positions, extract_answers, tokenize_windows
+from prunelab.tasks.squad_processing import Windows, answer_positions, extract_answers, tokenize_windows
 
 
 class SquadTask(Task):
@@ -88,17 +88,12 @@ class SquadTask(Task):
             examples = examples.select(range(self.max_eval_samples))
             notes.append(f"Evaluated on the first {len(examples)} of {len(splits.eval)} eval questions.")
 
-        train_windows = self._windows(tokenizer, train)
-        starts, ends = _first_answer_spans(train["answers"])
-        start_positions, end_positions = answer_positions(train_windows, starts, ends)
-        train_features = datasets.Dataset.from_dict(
-            {**train_windows.inputs, "start_positions": start_positions, "end_positions": end_positions}
-        )
         eval_windows = self._windows(tokenizer, examples)
-        eval_features = datasets.Dataset.from_dict(eval_windows.inputs)
         return TaskData(
-            train=train_features,
-            eval=eval_features,
+            train=_labelled_features(self._windows(tokenizer, train), train),
+            # Eval features carry labels too, so the loop can report an eval loss; metrics come
+            # from the logits alone.
+            eval=_labelled_features(eval_windows, examples),
             collator=DataCollatorWithPadding(tokenizer),
             extra={
                 "windows": eval_windows,
@@ -109,7 +104,7 @@ class SquadTask(Task):
             notes=notes,
         )
 
-    def _windows(self, tokenizer, examples: datasets.Dataset):
+    def _windows(self, tokenizer, examples: datasets.Dataset) -> Windows:
         return tokenize_windows(
             tokenizer, examples["question"], examples["context"], self.max_seq_length, self.doc_stride
         )
@@ -163,6 +158,15 @@ def _check_version(version) -> str:
     if text not in VERSIONS:
         raise ValueError(f"task.version={version!r} is not supported; allowed values: {sorted(VERSIONS)}")
     return text
+
+
+def _labelled_features(windows: Windows, examples: datasets.Dataset) -> datasets.Dataset:
+    """Model inputs plus ``start_positions`` / ``end_positions`` of the first gold answer."""
+    starts, ends = _first_answer_spans(examples["answers"])
+    start_positions, end_positions = answer_positions(windows, starts, ends)
+    return datasets.Dataset.from_dict(
+        {**windows.inputs, "start_positions": start_positions, "end_positions": end_positions}
+    )
 
 
 def _first_answer_spans(answers: list[dict]) -> tuple[np.ndarray, np.ndarray]:

@@ -45,6 +45,7 @@ def tokenize_windows(tokenizer, questions, contexts, max_seq_length: int, doc_st
     # Some SQuAD questions start with long runs of spaces that would only eat the window.
     questions = [q.lstrip() for q in questions]
     contexts = list(contexts)
+    _check_room_for_context(tokenizer, questions, max_seq_length, doc_stride)
     pad_on_right = tokenizer.padding_side == "right"
     first, second = (questions, contexts) if pad_on_right else (contexts, questions)
     encoding = tokenizer(
@@ -80,6 +81,19 @@ def tokenize_windows(tokenizer, questions, contexts, max_seq_length: int, doc_st
         cls_index=cls_index,
         lengths=lengths,
     )
+
+
+def _check_room_for_context(tokenizer, questions: list[str], max_seq_length: int, doc_stride: int) -> None:
+    # The fast tokenizer panics (a pyo3 PanicException, not an Exception) when a window has no
+    # room for more than doc_stride context tokens beside the question; say what to change.
+    longest = max(len(ids) for ids in tokenizer(questions, add_special_tokens=False)["input_ids"])
+    room = max_seq_length - longest - tokenizer.num_special_tokens_to_add(pair=True)
+    if doc_stride >= room:
+        raise ValueError(
+            f"task.doc_stride={doc_stride} leaves no new context per window: the longest question has "
+            f"{longest} tokens, so a window of max_seq_length={max_seq_length} holds only {room} context "
+            f"tokens. Lower task.doc_stride below {max(room, 0)} or raise task.max_seq_length."
+        )
 
 
 def answer_positions(windows: Windows, answer_starts: np.ndarray, answer_ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

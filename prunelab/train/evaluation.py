@@ -10,8 +10,9 @@ from prunelab.tasks.base import Task
 PAD_LOGIT = -100.0
 
 
-def predict(model, loader, task: Task, accelerator) -> tuple[tuple[np.ndarray, ...], float]:
-    """Logits over the whole loader (one array per tensor of ``task.logits``) and the mean loss."""
+def predict(model, loader, task: Task, accelerator) -> tuple[tuple[np.ndarray, ...], float | None]:
+    """Logits over the whole loader (one array per tensor of ``task.logits``) and the mean batch
+    loss (None when eval batches carry no targets, as SQuAD's do not)."""
     model.eval()
     parts: list[tuple[np.ndarray, ...]] = []
     losses = []
@@ -27,7 +28,7 @@ def predict(model, loader, task: Task, accelerator) -> tuple[tuple[np.ndarray, .
             gathered = accelerator.gather_for_metrics(tensors)
             parts.append(tuple(t.float().cpu().numpy() for t in gathered))
     logits = tuple(_concatenate([p[i] for p in parts]) for i in range(len(parts[0])))
-    return logits, float(np.mean(losses)) if losses else float("nan")
+    return logits, float(np.mean(losses)) if losses else None
 
 
 def _concatenate(arrays: list[np.ndarray]) -> np.ndarray:

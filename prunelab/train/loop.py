@@ -44,7 +44,8 @@ class TrainConfig:
 
 @dataclass
 class Evaluation:
-    """One evaluation: ``metrics`` holds ``eval/<name>``, ``eval/loss`` and ``train/loss``."""
+    """One evaluation: ``metrics`` holds ``eval/<name>``, ``eval/loss`` (when the eval set has
+    targets) and ``train/loss`` (mean over the epoch's micro-batches)."""
 
     epoch: int
     step: int
@@ -120,7 +121,9 @@ class Trainer:
     def evaluate(self, epoch: int, step: int, train_loss: float) -> Evaluation:
         logits, eval_loss = predict(self.model, self.eval_loader, self.task, self.accelerator)
         metrics = {f"eval/{k}": v for k, v in self.task.compute_metrics(logits, self.data).items()}
-        metrics.update({"eval/loss": eval_loss, "train/loss": train_loss})
+        if eval_loss is not None:
+            metrics["eval/loss"] = eval_loss
+        metrics["train/loss"] = train_loss
         return Evaluation(epoch=epoch, step=step, metrics=metrics, logits=logits)
 
     def _train_epoch(self, step: int, callbacks, distiller, progress) -> tuple[int, float]:

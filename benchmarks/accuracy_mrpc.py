@@ -15,6 +15,7 @@ and writes to ``accuracy_mrpc_quick.*`` instead.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import os
@@ -158,7 +159,7 @@ def run_prune(args) -> tuple[str, dict]:
     # The window as a fraction of training, so --quick keeps its shape: steps 230..1380 of 1840 in full.
     start, end = (round(e * epoch_steps * epochs / PRUNE["num_train_epochs"]) for e in PRUNING_WINDOW_EPOCHS)
     config = engine_config(args.pattern, start, end)
-    callbacks = BACKENDS[args.backend](model, config)
+    callbacks = BACKENDS[args.backend](model, copy.deepcopy(config))  # INC edits the lists it is given
     row = train(model, tokenizer, args, PRUNE, callbacks=callbacks, teacher=str(args.dense_dir))
     row["pruning_config"] = config
     return f"{args.backend}_{args.pattern}_{TARGETS[args.pattern]}", row

@@ -1,7 +1,9 @@
 """Speed of the pruning engine on a BERT-mini shape; prints one JSON object.
 
-    python benchmarks/speed.py                                # prunelab
-    /work/venv-inc/bin/python benchmarks/speed.py --backend inc   # INC 2.6, same model and steps
+    python benchmarks/speed.py                       # prunelab only
+    /work/venv-inc/bin/python benchmarks/speed.py --backend both 2>/dev/null
+        # prunelab and INC 2.6 (venv from shared/tools/install-inc.sh) in one process, every
+        # phase interleaved between them so both see the same machine load
 
 Model: BertForSequenceClassification from a config (4 layers, hidden 256, 4 heads, intermediate
 1024, random init), batch 16 x 128 tokens, AdamW, 2 threads; every Linear except classifier and
@@ -191,79 +193,98 @@ def restore(model, snapshot):
             param.copy_(snapshot[name])
 
 
-def bench_case(backend_cls, pattern, pruning_type, target, steps, repeats) -> dict:
-    model = build_model(MINI)
-    model.train()
-    snapshot = {name: p.detach().clone() for name, p in model.named_parameters()}
-    batch = make_batch(model.config.vocab_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
-    engine = backend_cls(model, pattern, pruning_type, target)
-    for _ in range(2):  # warm-up, and seeds snip_momentum scores from real gradients
-        engine.at(QUIET_STEP)
-        train_step(model, optimizer, batch, engine)
+class Run:
+    """One backend pruning its own copy of the model (same init, batch and optimizer for all)."""
 
-    update_times = []
+    def __init__(self, backend_cls, shape, case, train=True):
+        self.model = build_model(shape)
+        self.snapshot = {name: p.detach().clone() for name, p in self.model.named_parameters()}
+        self.case = case
+        self.engine = backend_cls(self.model, *case)
+        self.samples = {"update": [], "update_step": [], "dense": [], "pruned": [], "hooks": []}
+        if train:
+            self.batch = make_batch(self.model.config.vocab_size)
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.01)
+            for _ in range(2):  # warm-up; seeds snip_momentum scores from real gradients
+                self.engine.at(QUIET_STEP)
+                train_step(self.model, self.optimizer, self.batch, self.engine)
+        else:  # scores from one step of random gradients
+            generator = torch.Generator().manual_seed(2)
+            for param in self.model.parameters():
+                param.grad = torch.randn(param.shape, generator=generator)
+            self.engine.at(QUIET_STEP)
+            self.engine.on_step_begin()
+            self.engine.on_before_optimizer_step()
+
+    def time_update(self):
+        restore(self.model, self.snapshot)
+        self.engine.reset_masks()
+        self.samples["update"].append(timed(self.engine.update))
+
+    def time_steps(self):
+        self.samples["dense"].append(train_step(self.model, self.optimizer, self.batch)[0])
+        self.engine.at(QUIET_STEP)
+        step_time, hook_time = train_step(self.model, self.optimizer, self.batch, self.engine)
+        self.samples["pruned"].append(step_time)
+        self.samples["hooks"].append(hook_time)
+
+    def time_update_step(self):
+        restore(self.model, self.snapshot)
+        self.engine.reset_masks()
+        self.engine.at(UPDATE_STEP)
+        self.samples["update_step"].append(train_step(self.model, self.optimizer, self.batch, self.engine)[0])
+
+    def result(self) -> dict:
+        weights = self.engine.pruned_weights()
+        pattern, pruning_type, target = self.case
+        result = {
+            "pattern": pattern,
+            "pruning_type": pruning_type,
+            "target_sparsity": target,
+            "ops": self.engine.ops,
+            "weights": self.engine.weights,
+            "measured_sparsity": round(sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights), 4),
+        }
+        for key, samples in self.samples.items():
+            if samples:
+                result[f"{key}_ms"] = median_ms(samples)
+        if self.samples["hooks"]:
+            result["overhead_pct"] = round(100 * result["hooks_ms"] / result["dense_ms"], 2)
+        return result
+
+
+def bench_case(backend_classes, case, steps, repeats) -> list[dict]:
+    """Each phase alternates between backends, so they share whatever load the machine has."""
+    runs = [Run(cls, MINI, case) for cls in backend_classes]
     for _ in range(repeats):
-        restore(model, snapshot)
-        engine.reset_masks()
-        update_times.append(timed(engine.update))
-
-    dense, pruned, hooks = [], [], []
+        for run in runs:
+            run.time_update()
     for _ in range(steps):
-        dense.append(train_step(model, optimizer, batch)[0])
-        engine.at(QUIET_STEP)
-        step_time, hook_time = train_step(model, optimizer, batch, engine)
-        pruned.append(step_time)
-        hooks.append(hook_time)
-
-    update_steps = []
+        for run in runs:
+            run.time_steps()
     for _ in range(max(2, repeats // 2)):
-        restore(model, snapshot)
-        engine.reset_masks()
-        engine.at(UPDATE_STEP)
-        update_steps.append(train_step(model, optimizer, batch, engine)[0])
-
-    weights = engine.pruned_weights()
-    measured = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
-    dense_ms, hooks_ms = median_ms(dense), median_ms(hooks)
-    return {
-        "pattern": pattern,
-        "pruning_type": pruning_type,
-        "target_sparsity": target,
-        "ops": engine.ops,
-        "weights": engine.weights,
-        "measured_sparsity": round(measured, 4),
-        "update_ms": median_ms(update_times),
-        "update_step_ms": median_ms(update_steps),
-        "dense_step_ms": dense_ms,
-        "pruned_step_ms": median_ms(pruned),
-        "hooks_ms": hooks_ms,
-        "overhead_pct": round(100 * hooks_ms / dense_ms, 2),
-    }
+        for run in runs:
+            run.time_update_step()
+    return [run.result() for run in runs]
 
 
-def bench_base_update(backend_cls, pattern, pruning_type, target, repeats) -> dict:
-    """Isolated update on BERT-base weights; scores seeded from one step of random gradients."""
-    model = build_model(BASE)
-    engine = backend_cls(model, pattern, pruning_type, target)
-    generator = torch.Generator().manual_seed(2)
-    for param in model.parameters():
-        param.grad = torch.randn(param.shape, generator=generator)
-    engine.at(QUIET_STEP)
-    engine.on_step_begin()
-    engine.on_before_optimizer_step()
-    snapshot = {name: p.detach().clone() for name, p in model.named_parameters()}
-    times = []
+def bench_base_update(backend_classes, case, repeats) -> list[dict]:
+    """Isolated updates on BERT-base weights (72 ops, 85M weights)."""
+    runs = [Run(cls, BASE, case, train=False) for cls in backend_classes]
     for _ in range(repeats):
-        restore(model, snapshot)
-        engine.reset_masks()
-        times.append(timed(engine.update))
-    return {"pattern": pattern, "ops": engine.ops, "weights": engine.weights, "update_ms": median_ms(times)}
+        for run in runs:
+            run.time_update()
+    results = [run.result() for run in runs]
+    del runs
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", choices=sorted(BACKENDS), default="prunelab")
+    parser.add_argument(
+        "--backend", choices=[*sorted(BACKENDS), "both"], default="prunelab",
+        help="both: prunelab and INC interleaved in one process (run it with the INC venv's python)",
+    )
     parser.add_argument("--steps", type=int, default=8, help="interleaved dense/pruned steps per pattern")
     parser.add_argument("--repeats", type=int, default=7, help="isolated mask updates per pattern")
     parser.add_argument("--threads", type=int, default=2)
@@ -274,19 +295,29 @@ def main() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
-    backend_cls = BACKENDS[args.backend]
+    backend_classes = list(BACKENDS.values()) if args.backend == "both" else [BACKENDS[args.backend]]
     cases = [c for c in CASES if not args.patterns or c[0] in args.patterns]
-    result = {
-        "backend": backend_cls.name,
+    results = {cls.name: [] for cls in backend_classes}
+    base = {cls.name: [] for cls in backend_classes}
+    for case in cases:
+        for cls, result in zip(backend_classes, bench_case(backend_classes, case, args.steps, args.repeats)):
+            results[cls.name].append(result)
+        print(f"done {case[0]}", file=sys.stderr, flush=True)
+    if args.base:
+        for case in cases:
+            for cls, result in zip(backend_classes, bench_base_update(backend_classes, case, max(3, args.repeats // 2))):
+                base[cls.name].append(result)
+            print(f"done base {case[0]}", file=sys.stderr, flush=True)
+    output = {
         "torch": torch.__version__,
         "threads": args.threads,
-        "model": "bert-mini shape " + json.dumps(MINI),
-        "batch": "16 x 128",
-        "cases": [bench_case(backend_cls, *case, args.steps, args.repeats) for case in cases],
+        "model": "BertForSequenceClassification, random init, " + json.dumps(MINI),
+        "batch": "16 x 128, AdamW",
+        "results": results,
     }
     if args.base:
-        result["bert_base_updates"] = [bench_base_update(backend_cls, *case, max(3, args.repeats // 2)) for case in cases]
-    print(json.dumps(result, indent=1))
+        output["bert_base_updates"] = base
+    print(json.dumps(output, indent=1))
 
 
 if __name__ == "__main__":

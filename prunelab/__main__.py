@@ -4,16 +4,12 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from prunelab.config import register_resolvers
 from prunelab.errors import ConfigError
-
-register_resolvers()
+from prunelab.run import run
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    from prunelab.run import run  # after Hydra parsed the command line: --help stays fast
-
     try:
         metrics = run(cfg)
     except ConfigError as error:

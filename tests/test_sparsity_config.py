@@ -93,6 +93,7 @@ def test_gradient_one_shot_at_step_zero_has_no_gradients_yet():
         parse_config({})  # INC's defaults: snip_momentum, start_step = end_step = 0
     parse_config({"pruning_type": "magnitude"})
     parse_config({"pruning_type": "snip", "start_step": 3, "end_step": 3})
+    parse_config({"target_sparsity": 0.0})  # nothing to prune, nothing to score
 
 
 def test_progressive_needs_an_iterative_schedule():

@@ -12,15 +12,14 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from prunelab.sparsity.criteria import CRITERIA
 from prunelab.sparsity.ops import OP_KINDS, OP_TYPE_ALIASES
 from prunelab.sparsity.patterns import NInMPattern, Pattern, parse_pattern
 from prunelab.sparsity.schedules import DECAYS
 
-CRITERIA = ("magnitude", "gradient", "snip", "snip_momentum", "movement")
 PRUNING_TYPES = (*CRITERIA, *(f"{c}_progressive" for c in CRITERIA), "pattern_lock")
 SCOPES = ("global", "local")
 OP_TYPES = (*OP_KINDS, *OP_TYPE_ALIASES)
-GRADIENT_CRITERIA = ("gradient", "snip", "snip_momentum", "movement")
 PROGRESSIVE_STEPS = 4  # INC's fixed number of sub-steps over which a progressive mask is blended in
 
 
@@ -28,7 +27,7 @@ PROGRESSIVE_STEPS = 4  # INC's fixed number of sub-steps over which a progressiv
 class GroupConfig:
     """One group of ops pruned together; field defaults are INC's (except op types, see below)."""
 
-    target_sparsity: float = 0.9  # fraction of the group's weights zeroed at end_step
+    target_sparsity: float = 0.9  # fraction of the group's weights zeroed by the last update
     pruning_type: str = "snip_momentum"  # criterion, optionally "_progressive"; or "pattern_lock"
     pattern: str = "4x1"  # unit of pruning: NxM block, 1xchannel, channelx1 or N:M
     op_names: tuple[str, ...] = ()  # regexes searched in module names; empty = every op
@@ -226,8 +225,10 @@ def _check_group(group: GroupConfig, name) -> None:
             f"{name('target_sparsity')}={group.target_sparsity} is above {pattern.n}/{pattern.m}="
             f"{pattern.max_fraction:g}, the most pattern {pattern.name!r} can prune"
         )
+    if group.target_sparsity == 0:
+        return  # nothing will be pruned: the schedule checks below do not apply
     one_shot = (group.end_step - group.start_step) < group.pruning_frequency
-    if group.criterion in GRADIENT_CRITERIA and one_shot and group.start_step == 0:
+    if CRITERIA[group.criterion].needs_grad and one_shot and group.start_step == 0:
         raise ValueError(
             f"{name('pruning_type')}={group.pruning_type!r} scores weights with gradients of earlier steps, "
             f"so a one-shot prune needs {name('start_step')} >= 1 (got start_step=end_step=0); "

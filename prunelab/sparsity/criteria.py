@@ -26,8 +26,8 @@ from prunelab.sparsity.patterns import Pattern
 from prunelab.sparsity.schedules import Schedule
 
 MOMENTUM = 0.9  # INC's snip_momentum decay (its "alpha")
-# Older contributions weigh MOMENTUM**100 < 3e-5 of the score, so skipping them changes no ranking
-# in practice and spares the dense phase before pruning the per-step scoring cost.
+# Contributions older than 100 steps keep under 3e-5 (0.9**100) of their weight, so scoring starts
+# 100 steps before the first pruning update: the dense phase before it pays no scoring cost.
 MOMENTUM_HORIZON = 100
 
 

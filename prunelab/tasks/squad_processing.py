@@ -12,9 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Model inputs a tokenizer may return; anything else (offsets, overflow map) is bookkeeping.
-_MODEL_INPUT_KEYS = ("input_ids", "token_type_ids", "attention_mask")
-
 
 @dataclass
 class Windows:
@@ -72,7 +69,8 @@ def tokenize_windows(tokenizer, questions, contexts, max_seq_length: int, doc_st
     cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     cls_index = np.array([ids.index(cls_id) if cls_id in ids else 0 for ids in encoding["input_ids"]])
     offsets[~context_mask] = 0
-    inputs = {k: encoding[k] for k in _MODEL_INPUT_KEYS if k in encoding}
+    # Only what the model's forward takes; offsets and the overflow map are bookkeeping.
+    inputs = {k: encoding[k] for k in tokenizer.model_input_names if k in encoding}
     return Windows(
         inputs=inputs,
         example_index=np.asarray(encoding["overflow_to_sample_mapping"]),
@@ -109,13 +107,12 @@ def answer_positions(windows: Windows, answer_starts: np.ndarray, answer_ends: n
     token_start, token_end = windows.offsets[..., 0], windows.offsets[..., 1]
     window_first_char = np.where(ctx, token_start, np.iinfo(np.int64).max).min(axis=1, keepdims=True)
     window_last_char = np.where(ctx, token_end, -1).max(axis=1, keepdims=True)
-    inside = (start_char >= 0) & (window_first_char <= start_char) & (window_last_char >= end_char)
+    inside = ((start_char >= 0) & (window_first_char <= start_char) & (window_last_char >= end_char))[:, 0]
     # Start: the last context token starting at or before the answer; end: the first context
     # token ending at or after it (offsets grow along the context).
     starts_before = ctx & (token_start <= start_char)
     start_token = starts_before.shape[1] - 1 - np.argmax(starts_before[:, ::-1], axis=1)
     end_token = np.argmax(ctx & (token_end >= end_char), axis=1)
-    inside = inside[:, 0]
     return np.where(inside, start_token, windows.cls_index), np.where(inside, end_token, windows.cls_index)
 
 
@@ -168,13 +165,13 @@ def extract_answers(
     k = min(n_best_size, width)
     top_start = np.argsort(-np.where(real_token, start_logits, -np.inf), axis=1, kind="stable")[:, :k]
     top_end = np.argsort(-np.where(real_token, end_logits, -np.inf), axis=1, kind="stable")[:, :k]
-    s = top_start[:, :, None]
-    e = top_end[:, None, :]
+    # [F, k, k] grid of (start candidate, end candidate) pairs.
+    span_length = top_end[:, None, :] - top_start[:, :, None] + 1
     valid = (
         np.take_along_axis(windows.context_mask, top_start, axis=1)[:, :, None]
         & np.take_along_axis(windows.context_mask, top_end, axis=1)[:, None, :]
-        & (e >= s)
-        & (e - s + 1 <= max_answer_length)
+        & (span_length >= 1)
+        & (span_length <= max_answer_length)
     )
     pair_score = (
         np.take_along_axis(start_logits, top_start, axis=1)[:, :, None]

@@ -1,0 +1,1 @@
+"""Fine-tuning: the training loop, knowledge distillation and the pruning window."""

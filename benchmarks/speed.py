@@ -19,6 +19,10 @@ pooler is pruned (24 ops, 3.15M weights). Per pattern it reports
 * ``update_step_ms``: a full training step whose ``on_step_begin`` performs that update;
 * ``measured_sparsity``: zeros counted in the pruned ops' weights after the update.
 
+Each time also comes as ``*_cpu_ms``: CPU seconds of the process. On a machine shared with other
+jobs, wall times with 2 threads swing by 10x (a thread descheduled mid-op stalls the other);
+``--threads 1`` CPU times are what the work itself costs and stay put.
+
 ``--base`` adds the isolated update time on a BERT-base shape (12 layers, hidden 768: 72 ops,
 85M weights) to show how the cost grows with model size.
 """
@@ -165,16 +169,42 @@ def median_ms(samples: list[float]) -> float:
     return round(statistics.median(samples) * 1e3, 2)
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
+def summarise(samples: dict[str, list[Clock]]) -> dict:
+    """``<name>_ms`` (wall) and ``<name>_cpu_ms`` medians, plus the hooks' share of a dense step."""
+    result = {}
+    for name, clocks in samples.items():
+        if clocks:
+            result[f"{name}_ms"] = median_ms([c.wall for c in clocks])
+            result[f"{name}_cpu_ms"] = median_ms([c.cpu for c in clocks])
+    if samples.get("hooks"):
+        result["overhead_pct"] = round(100 * result["hooks_ms"] / result["dense_step_ms"], 2)
+        result["overhead_cpu_pct"] = round(100 * result["hooks_cpu_ms"] / result["dense_step_cpu_ms"], 2)
+    return result
+
+
+class Clock:
+    """Wall and CPU seconds. CPU time (all threads of the process) is what the work costs whatever
+    else runs on the machine; with ``--threads 1`` it is the load-independent figure."""
+
+    def __init__(self, wall: float = 0.0, cpu: float = 0.0):
+        self.wall, self.cpu = wall, cpu
+
+    def __iadd__(self, other: "Clock") -> "Clock":
+        self.wall += other.wall
+        self.cpu += other.cpu
+        return self
+
+
+def timed(fn) -> Clock:
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return Clock(time.perf_counter() - wall, time.process_time() - cpu)
 
 
-def train_step(model, optimizer, batch, engine=None) -> tuple[float, float]:
-    """One optimizer step; returns (step seconds, seconds spent in the hooks)."""
-    hooks = 0.0
-    start = time.perf_counter()
+def train_step(model, optimizer, batch, engine=None) -> tuple[Clock, Clock]:
+    """One optimizer step; returns (the step's time, the time spent in the hooks)."""
+    hooks = Clock()
+    wall, cpu = time.perf_counter(), time.process_time()
     if engine:
         hooks += timed(engine.on_step_begin)
     model(**batch).loss.backward()
@@ -184,7 +214,7 @@ def train_step(model, optimizer, batch, engine=None) -> tuple[float, float]:
     if engine:
         hooks += timed(engine.on_after_optimizer_step)
     optimizer.zero_grad(set_to_none=True)
-    return time.perf_counter() - start, hooks
+    return Clock(time.perf_counter() - wall, time.process_time() - cpu), hooks
 
 
 def restore(model, snapshot):
@@ -201,7 +231,7 @@ class Run:
         self.snapshot = {name: p.detach().clone() for name, p in self.model.named_parameters()}
         self.case = case
         self.engine = backend_cls(self.model, *case)
-        self.samples = {"update": [], "update_step": [], "dense": [], "pruned": [], "hooks": []}
+        self.samples = {"update": [], "update_step": [], "dense_step": [], "pruned_step": [], "hooks": []}
         if train:
             self.batch = make_batch(self.model.config.vocab_size)
             self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.01)
@@ -222,10 +252,10 @@ class Run:
         self.samples["update"].append(timed(self.engine.update))
 
     def time_steps(self):
-        self.samples["dense"].append(train_step(self.model, self.optimizer, self.batch)[0])
+        self.samples["dense_step"].append(train_step(self.model, self.optimizer, self.batch)[0])
         self.engine.at(QUIET_STEP)
         step_time, hook_time = train_step(self.model, self.optimizer, self.batch, self.engine)
-        self.samples["pruned"].append(step_time)
+        self.samples["pruned_step"].append(step_time)
         self.samples["hooks"].append(hook_time)
 
     def time_update_step(self):
@@ -245,11 +275,7 @@ class Run:
             "weights": self.engine.weights,
             "measured_sparsity": round(sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights), 4),
         }
-        for key, samples in self.samples.items():
-            if samples:
-                result[f"{key}_ms"] = median_ms(samples)
-        if self.samples["hooks"]:
-            result["overhead_pct"] = round(100 * result["hooks_ms"] / result["dense_ms"], 2)
+        result.update(summarise(self.samples))
         return result
 
 

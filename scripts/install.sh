@@ -3,6 +3,7 @@
 # already installed). Run from anywhere: it installs the repository it lives in.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PIP_ROOT_USER_ACTION=ignore   # installing as root (CI, containers) is expected here
 
 # torch first and pinned: the project is developed and tested with 2.13.0 (an installed 2.13.0+cpu
 # build satisfies the pin, so a CPU machine keeps its CPU wheel).

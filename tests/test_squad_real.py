@@ -1,7 +1,9 @@
 """Real model on real data: all-MiniLM-L6-v2 (pip package) fine-tuned on SQuAD v1.1 through the app.
 
-There is no SQuAD train file offline, so the run trains on dev articles and evaluates on 4
-held-out ones (task.split_dev_by_article=4). Slow: ~10 min on 2 idle CPU cores (18 min busy).
+There is no SQuAD train file offline, so the run trains on dev articles and evaluates on 300
+questions of 4 held-out ones (task.split_dev_by_article=4). This budget (800 questions, 100 steps)
+only shows learning, far from converged SQuAD scores. Slow: 23 min wall on 2 CPU cores shared
+with other jobs (load ~5).
 """
 import json
 from pathlib import Path
@@ -33,8 +35,9 @@ RECIPE = [
 @pytest.mark.skipif(not (REAL_DATA / "squad" / "dev-v1.1.json").is_file(), reason="needs shared/data/squad")
 def test_minilm_learns_squad_on_held_out_dev_articles(make_config, tmp_path):
     metrics = run(make_config(*RECIPE, "do_prune=false"), output_dir=tmp_path)
-    # Measured with this recipe: F1 FLOOR_MEASURED; an untrained QA head scores F1 ~5.
-    assert metrics["eval/f1"] >= F1_FLOOR
+    # Measured with this recipe: F1 14.0 / EM 6.0 (lr 1e-4, batch 16: F1 13.5 / EM 5.3). The
+    # pretrained model with its untrained QA head scores F1 7.9 / EM 0.3 on the same questions.
+    assert metrics["eval/f1"] >= 11.0 and metrics["eval/exact_match"] >= 3.0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert any("split_dev_by_article=4" in note for note in summary["notes"])
     predictions = json.loads((tmp_path / "predictions.json").read_text())

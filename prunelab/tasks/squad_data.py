@@ -12,6 +12,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+from prunelab.errors import ConfigError
 
 VERSIONS = {"1.1": "squad", "2.0": "squad_v2"}  # official version -> hub dataset name
 
@@ -60,7 +61,7 @@ def load_squad(version: str, data_root: str | Path | None, split_dev_by_article:
     else:
         train_path, dev_path = local_files(data_root, version)
         if not dev_path.is_file():
-            raise FileNotFoundError(
+            raise ConfigError(
                 f"SQuAD v{version} dev file not found: {dev_path} (data_root={data_root!r}). "
                 f"Expected the official {dev_path.name} under <data_root>/squad/."
             )
@@ -69,7 +70,7 @@ def load_squad(version: str, data_root: str | Path | None, split_dev_by_article:
     if split_dev_by_article is not None:
         return split_by_article(dev, split_dev_by_article, seed)
     if train is None:
-        raise FileNotFoundError(
+        raise ConfigError(
             f"No SQuAD v{version} training file ({train_path} is missing). To train on part of the "
             f"dev set, set task.split_dev_by_article=N: it trains on the other articles and "
             f"evaluates on N held-out dev articles."
@@ -99,7 +100,7 @@ def split_by_article(dev: datasets.Dataset, n_eval_articles: int, seed: int) -> 
     """
     titles = list(dict.fromkeys(dev["title"]))
     if not 1 <= n_eval_articles < len(titles):
-        raise ValueError(
+        raise ConfigError(
             f"task.split_dev_by_article={n_eval_articles}: must be between 1 and {len(titles) - 1} "
             f"(the dev set has {len(titles)} articles and at least one must remain for training)"
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from prunelab.errors import ConfigError
 
 
 @dataclass
@@ -38,7 +39,7 @@ def tokenize_windows(tokenizer, questions, contexts, max_seq_length: int, doc_st
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("SQuAD pre-processing needs a fast tokenizer (offset mappings); got a slow one")
     if not 0 <= doc_stride < max_seq_length:
-        raise ValueError(f"task.doc_stride={doc_stride} must be >= 0 and below max_seq_length={max_seq_length}")
+        raise ConfigError(f"task.doc_stride={doc_stride} must be >= 0 and below max_seq_length={max_seq_length}")
     # Some SQuAD questions start with long runs of spaces that would only eat the window.
     questions = [q.lstrip() for q in questions]
     contexts = list(contexts)

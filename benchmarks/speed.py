@@ -245,6 +245,7 @@ class Run:
             self.engine.at(QUIET_STEP)
             self.engine.on_step_begin()
             self.engine.on_before_optimizer_step()
+            self.engine.on_after_optimizer_step()
 
     def time_update(self):
         restore(self.model, self.snapshot)
@@ -315,6 +316,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="isolated mask updates per pattern")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--base", action="store_true", help="also time updates on a BERT-base shape")
+    parser.add_argument("--no-mini", action="store_true", help="skip the BERT-mini cases (with --base)")
     parser.add_argument("--patterns", nargs="*", help="subset of: " + " ".join(c[0] for c in CASES))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -325,7 +327,7 @@ def main() -> None:
     cases = [c for c in CASES if not args.patterns or c[0] in args.patterns]
     results = {cls.name: [] for cls in backend_classes}
     base = {cls.name: [] for cls in backend_classes}
-    for case in cases:
+    for case in [] if args.no_mini else cases:
         for cls, result in zip(backend_classes, bench_case(backend_classes, case, args.steps, args.repeats)):
             results[cls.name].append(result)
         print(f"done {case[0]}", file=sys.stderr, flush=True)

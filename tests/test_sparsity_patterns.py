@@ -1,6 +1,7 @@
 """Exact mask invariants for every pattern and scope, on random shapes and sparsities."""
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -8,6 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import prunelab
+from prunelab.sparsity import selection
 from prunelab.sparsity.selection import kth_smallest, lowest_by_weight, lowest_k
 
 
@@ -150,10 +152,14 @@ def test_lowest_k_marks_exactly_k_lowest_with_ties_to_earliest(size, fraction, d
 
 
 def test_kth_smallest_is_exact_when_the_sample_bracket_misses():
-    # Sorted input defeats the strided sample's bracket; the exact fallback still answers.
-    values = torch.cat([torch.zeros(100_000), torch.arange(1, 100_001, dtype=torch.float32)])
-    assert kth_smallest(values, 100_001) == 1.0
-    assert kth_smallest(values, 50) == 0.0
+    # Put zeros exactly where the (fixed-seed) sample looks and ones elsewhere: the bracket is
+    # [0, 0] but the answer is 1, so the exact fallback has to answer.
+    n = 100_000
+    values = np.ones(n, dtype=np.float32)
+    values[np.random.default_rng(0).integers(0, n, selection._SAMPLE_SIZE)] = 0.0
+    zeros = int((values == 0).sum())
+    assert kth_smallest(torch.from_numpy(values), zeros + 1) == 1.0
+    assert kth_smallest(torch.from_numpy(values), zeros) == 0.0
 
 
 def test_lowest_by_weight_gets_closest_to_the_weight_target():

@@ -40,7 +40,11 @@ class Criterion:
         return False
 
     def observe(self, state: torch.Tensor | None, weight: torch.Tensor, grad: torch.Tensor, pattern: Pattern) -> torch.Tensor:
-        """The new state after seeing ``[rows, cols]`` views of one op's weight and gradient."""
+        """The new state after seeing ``[rows, cols]`` views of one op's weight and gradient.
+
+        Called op by op: each op's temporaries are freed before the next op's are made, so they
+        stay in cache (building all ops' products first runs several times slower on CPU).
+        """
         raise NotImplementedError
 
     def score(self, state: torch.Tensor | None, weight: torch.Tensor, pattern: Pattern) -> torch.Tensor:
@@ -48,6 +52,10 @@ class Criterion:
         if state is None:
             return pattern.reduce(torch.zeros_like(weight, dtype=torch.float32))
         return state
+
+
+def _product(weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    return torch.mul(weight.float(), grad.float())
 
 
 class Magnitude(Criterion):
@@ -77,7 +85,7 @@ class Snip(_LastStep):
     name = "snip"
 
     def observe(self, state, weight, grad, pattern):
-        return pattern.reduce(torch.mul(weight.float(), grad.float()).abs_())
+        return pattern.reduce(_product(weight, grad).abs_())
 
 
 class SnipMomentum(Criterion):
@@ -87,10 +95,9 @@ class SnipMomentum(Criterion):
         return schedule.first_pruning_step - MOMENTUM_HORIZON <= step < schedule.last_update_step
 
     def observe(self, state, weight, grad, pattern):
-        fresh = pattern.reduce(torch.mul(weight.float(), grad.float()).abs_())
-        if state is None:
-            return fresh
-        return state.mul_(MOMENTUM).add_(fresh)
+        fresh = pattern.reduce(_product(weight, grad).abs_())
+        # fresh + 0.9 * state in one pass, written over the state
+        return fresh if state is None else torch.add(fresh, state, alpha=MOMENTUM, out=state)
 
 
 class Movement(Criterion):
@@ -100,10 +107,8 @@ class Movement(Criterion):
         return step < schedule.last_update_step
 
     def observe(self, state, weight, grad, pattern):
-        fresh = pattern.reduce(torch.mul(weight.float(), grad.float()).neg_())
-        if state is None:
-            return fresh
-        return state.add_(fresh)
+        moved = pattern.reduce(_product(weight, grad))
+        return moved.neg_() if state is None else state.sub_(moved)
 
 
 CRITERIA = {c.name: c for c in (Magnitude(), Gradient(), Snip(), SnipMomentum(), Movement())}

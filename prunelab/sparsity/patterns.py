@@ -123,7 +123,9 @@ class BlockPattern(Pattern):
 
     def write_keep(self, target, pruned, helper):
         blocks = self._blocks(target)
-        blocks.copy_((1.0 - pruned).view(blocks.shape[0], 1, blocks.shape[2], 1))
+        one = torch.ones((), dtype=target.dtype, device=target.device)
+        per_block = pruned.view(blocks.shape[0], 1, blocks.shape[2], 1).expand(blocks.shape)
+        torch.sub(one, per_block, out=blocks)  # keep = 1 - pruned, one pass straight into the target
 
     def expand(self, per_unit, rows, cols):
         block_rows, block_cols = self.block(rows, cols)
@@ -185,8 +187,9 @@ class NInMPattern(Pattern):
 
     def write_keep(self, target, pruned, helper):
         groups = self._groups(target)
-        kept = helper.mul_(pruned.view(groups.shape[:2])).neg_().add_(1.0)
-        groups.copy_(kept.permute(1, 2, 0))
+        one = torch.ones((), dtype=target.dtype, device=target.device)
+        # keep = 1 - lowest * group_pruned, in one pass straight into the (group-major) target
+        torch.addcmul(one, helper.permute(1, 2, 0), pruned.view(*groups.shape[:2], 1), value=-1, out=groups)
 
     def expand(self, per_unit, rows, cols):
         groups = per_unit.reshape(rows, cols // self.m, 1)

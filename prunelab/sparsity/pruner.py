@@ -132,25 +132,21 @@ class PruningGroup:
     @torch.no_grad()
     def before_optimizer_step(self, step: int) -> None:
         """Zero pruned gradients (optimizer state never sees them), then feed the criterion."""
-        if self.masked:
-            pairs = [(op.weight.grad, op.mask) for op in self.ops if op.weight.grad is not None]
-            if pairs:
-                torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
+        seen = [op for op in self.ops if op.weight.grad is not None]
+        if self.masked and seen:
+            torch._foreach_mul_([op.weight.grad for op in seen], [op.mask for op in seen])
         if self.criterion is None or not self.criterion.needs_grad or not self.criterion.observes(step, self.schedule):
             return
-        seen = 0
-        for op in self.ops:
-            grad = op.weight.grad
-            if grad is None:
-                continue
-            seen += 1
-            op.state = self.criterion.observe(op.state, op.view.to_2d(op.weight), op.view.to_2d(grad), self.pattern)
-        if self.ops and not seen:
-            raise RuntimeError(
-                f"pruning group {self.index} ({self.config.pruning_type}) needs gradients at step {step}, but none of its "
-                f"{len(self.ops)} ops has .grad: call on_before_optimizer_step() after loss.backward() and before "
-                "optimizer.zero_grad()"
-            )
+        if not seen:
+            if self.ops:
+                raise RuntimeError(
+                    f"pruning group {self.index} ({self.config.pruning_type}) needs gradients at step {step}, but none "
+                    f"of its {len(self.ops)} ops has .grad: call on_before_optimizer_step() after loss.backward() and "
+                    "before optimizer.zero_grad()"
+                )
+            return
+        for op in seen:
+            op.state = self.criterion.observe(op.state, op.view.to_2d(op.weight), op.view.to_2d(op.weight.grad), self.pattern)
 
     @torch.no_grad()
     def finish(self) -> None:
@@ -241,7 +237,10 @@ class PruningGroup:
                     start += op.units
                 return
             for op, count in pinned:
-                lowest_k(self._scores[op.span], count, out=self._picked[op.span])
+                if count == op.pruned_units:  # pinned where it already is: keep its pruned units
+                    torch.lt(self._scores[op.span], PRUNED_SCORE / 2, out=self._picked[op.span])
+                else:
+                    lowest_k(self._scores[op.span], count, out=self._picked[op.span])
                 op.pruned_units = count
                 remaining -= count * op.unit_weight
             pinned_names = {op.name for op, _ in pinned}

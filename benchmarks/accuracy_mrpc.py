@@ -175,8 +175,13 @@ def run_prune(args, save) -> None:
 
 
 def commit() -> str:
+    """HEAD, with ``-dirty`` when tracked code differs from it (the results files themselves excepted)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
     try:
-        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results")
+        return git("rev-parse", "--short", "HEAD") + ("-dirty" if changed else "")
     except OSError:
         return "unknown"
 

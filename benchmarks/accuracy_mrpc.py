@@ -6,6 +6,7 @@ by the same five hooks. Stages (run in this order; each appends a row to the res
     python benchmarks/accuracy_mrpc.py dense                       # 5 epochs, saves the start point
     python benchmarks/accuracy_mrpc.py prune --pattern 4x1         # prunelab, 8 epochs, KD
     python benchmarks/accuracy_mrpc.py prune --pattern 2:4
+    python benchmarks/accuracy_mrpc.py prune --pattern 2:4 --seed 43  # another seed: row prunelab_2:4_0.5_seed43
     PYTHONPATH=. venv-inc/bin/python benchmarks/accuracy_mrpc.py prune --backend inc --pattern 4x1
 
 Results: ``benchmarks/results/accuracy_mrpc.json`` (rows keyed by run, each with its date and
@@ -97,7 +98,7 @@ def pruned_ops_sparsity(model: torch.nn.Module) -> float:
 
 def train(model, tokenizer, args, recipe: dict, save_partial, callbacks=None, teacher=None) -> dict:
     task = GlueTask(**MRPC_TASK, data_root=args.data_root, max_length=MAX_LENGTH,
-                    max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples, seed=SEED)
+                    max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples, seed=args.seed)
     data = task.load(tokenizer)
     epochs = args.epochs or recipe["num_train_epochs"]
     steps_per_epoch = -(-len(data.train) // 16)
@@ -106,7 +107,7 @@ def train(model, tokenizer, args, recipe: dict, save_partial, callbacks=None, te
         per_device_train_batch_size=16, per_device_eval_batch_size=64,
         weight_decay=recipe["weight_decay"], lr_scheduler_type=recipe["lr_scheduler_type"],
         num_warmup_steps=round(recipe.get("warmup_ratio", 0.0) * steps_per_epoch * epochs),
-        seed=SEED, progress_bar=not args.no_progress,
+        seed=args.seed, progress_bar=not args.no_progress,
     )
     trainer = Trainer(model, task, data, config, Accelerator(cpu=True))
     distiller = None
@@ -165,7 +166,7 @@ def run_prune(args, save) -> None:
     start, end = (round(e * epoch_steps * epochs / PRUNE["num_train_epochs"]) for e in PRUNING_WINDOW_EPOCHS)
     config = engine_config(args.pattern, start, end)
     callbacks = BACKENDS[args.backend](model, copy.deepcopy(config))  # INC edits the lists it is given
-    name = f"{args.backend}_{args.pattern}_{TARGETS[args.pattern]}"
+    name = f"{args.backend}_{args.pattern}_{TARGETS[args.pattern]}" + ("" if args.seed == SEED else f"_seed{args.seed}")
 
     def save_with_config(row: dict) -> None:
         save(name, {**row, "pruning_config": config})
@@ -229,20 +230,25 @@ def main() -> None:
     parser.add_argument("--dense-dir", type=Path, default=REPO / "benchmarks/results/work/dense-minilm-mrpc")
     parser.add_argument("--quick", action="store_true", help="64 train / 64 dev examples, 2 epochs: a smoke check")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--seed", type=int, default=SEED,
+                        help=f"prune stage only: data order and dropout of the pruning run (the recipe's is {SEED}); "
+                             "rows of other seeds get a _seed<N> suffix")
     args = parser.parse_args()
+    if args.stage == "dense" and args.seed != SEED:
+        parser.error(f"--seed: the dense start point is fixed at the recipe's seed {SEED}; --seed applies to 'prune'")
     args.max_train_samples = args.max_eval_samples = args.epochs = None
     results = REPO / "benchmarks/results/accuracy_mrpc.json"
     if args.quick:
         args.max_train_samples, args.max_eval_samples, args.epochs = 64, 64, 2
         args.dense_dir = args.dense_dir.with_name(args.dense_dir.name + "-quick")
         results = results.with_name("accuracy_mrpc_quick.json")
-    torch.manual_seed(SEED)
+    torch.manual_seed(args.seed)
     torch.set_num_threads(2)
     results.parent.mkdir(parents=True, exist_ok=True)
     revision = commit()  # taken now: the code that runs, not whatever HEAD is when it ends
 
     def save(name: str, row: dict) -> None:
-        write_results(results, name, row, revision)
+        write_results(results, name, {**row, "seed": args.seed}, revision)
         print(f"{name}: {json.dumps({k: v for k, v in row.items() if k != 'epochs'})}\nwrote {results}", flush=True)
 
     (run_dense if args.stage == "dense" else run_prune)(args, save)

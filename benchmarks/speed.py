@@ -327,7 +327,8 @@ def main() -> None:
     cases = [c for c in CASES if not args.patterns or c[0] in args.patterns]
     results = {cls.name: [] for cls in backend_classes}
     base = {cls.name: [] for cls in backend_classes}
-    for case in [] if args.no_mini else cases:
+    mini_cases = [] if args.no_mini else cases
+    for case in mini_cases:
         for cls, result in zip(backend_classes, bench_case(backend_classes, case, args.steps, args.repeats)):
             results[cls.name].append(result)
         print(f"done {case[0]}", file=sys.stderr, flush=True)

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -212,6 +213,7 @@ def markdown_table(results: dict) -> str:
         drop = f"{100 * (dense - row['dev_acc']) / dense:.2f}%" if dense and name != "dense" else "-"
         lines.append(f"| {name} | {row['dev_acc']:.4f} | {row['dev_f1']:.4f} | {drop} | {row['measured_sparsity_pruned_ops']:.4f} "
                      f"| {row['seconds_per_epoch']} | {row['peak_rss_mb']} | {row.get('status', 'done')} | {row['date']} | {row['commit']} |")
+    lines += seed_summary(results, dense)
     if reference:
         lines += ["", "Reference INC 2.6 figures measured on this machine kind (shared/bench/inc-2.6-mrpc-minilm.json):", ""]
         for name, row in reference.items():
@@ -219,6 +221,30 @@ def markdown_table(results: dict) -> str:
                 minutes = f", {row['min_per_epoch']} min/epoch" if "min_per_epoch" in row else ""
                 lines.append(f"- {name}: acc {row['dev_acc']:.4f}, F1 {row['dev_f1']:.4f}{minutes}")
     return "\n".join(lines) + "\n"
+
+
+def seed_summary(results: dict, dense: float | None) -> list[str]:
+    """Finished pruning runs grouped over seeds: one seed's final epoch moves by several points."""
+    groups: dict[str, list[dict]] = {}
+    for name, row in results.items():
+        if name != "dense" and row.get("status", "done") == "done":
+            groups.setdefault(re.sub(r"_seed\d+$", "", name), []).append(row)
+    if not groups:
+        return []
+    lines = ["", "Over seeds (finished runs only; 'final-sparsity epochs' = the evaluations after the last mask update):", "",
+             "| backend_pattern_target | seeds | final dev acc, mean (min-max) | rel. drop of mean | "
+             "mean acc, final-sparsity epochs | s / epoch, mean |",
+             "|---|---|---|---|---|---|"]
+    for group, rows in groups.items():
+        final = [row["dev_acc"] for row in rows]
+        mean = statistics.mean(final)
+        settled = statistics.mean(epoch["accuracy"] for row in rows for epoch in row["epochs"]
+                                  if epoch["sparsity"] >= row["measured_sparsity_pruned_ops"] - 1e-3)
+        drop = f"{100 * (dense - mean) / dense:.2f}%" if dense else "-"
+        seeds = ",".join(str(row.get("seed", SEED)) for row in rows)
+        lines.append(f"| {group} | {seeds} | {mean:.4f} ({min(final):.4f}-{max(final):.4f}) | {drop} | {settled:.4f} "
+                     f"| {statistics.mean(row['seconds_per_epoch'] for row in rows):.1f} |")
+    return lines
 
 
 def main() -> None:

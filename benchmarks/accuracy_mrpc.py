@@ -261,7 +261,7 @@ def seed_summary(results: dict, dense: float | None) -> list[str]:
              "| backend_pattern_target | seeds | final dev acc, mean (min-max) | rel. drop of mean | "
              "mean acc, final-sparsity epochs | s / epoch, mean | pruner hooks, s / epoch, mean |",
              "|---|---|---|---|---|---|---|"]
-    for group, rows in groups.items():
+    for group, rows in sorted(groups.items(), key=lambda item: item[0].split("_", 1)[::-1]):  # by pattern
         final = [row["dev_acc"] for row in rows]
         mean = statistics.mean(final)
         settled = statistics.mean(epoch["accuracy"] for row in rows for epoch in row["epochs"]

@@ -139,19 +139,20 @@ def train(model, tokenizer, args, recipe: dict, save_partial, callbacks=None, te
         distiller = KnowledgeDistiller(task, model, teacher=teacher, temperature=KD_TEMPERATURE, loss_weight=KD_WEIGHT)
     curve = []
     hooks = HookTimer(callbacks) if callbacks is not None else None
-    clock = [time.perf_counter(), 0.0]  # wall clock, hook seconds at the last evaluation
+    last_wall, last_hooks = time.perf_counter(), 0.0  # at the previous evaluation
 
     def record(evaluation) -> None:
-        now, hook_seconds = time.perf_counter(), hooks.seconds if hooks else 0.0
+        nonlocal last_wall, last_hooks
+        now, hook_seconds = time.perf_counter(), hooks.seconds if hooks is not None else 0.0
         curve.append({
             "epoch": evaluation.epoch + 1,
             "accuracy": round(evaluation.metrics["eval/accuracy"], 4),
             "f1": round(evaluation.metrics["eval/f1"], 4),
             "sparsity": round(pruned_ops_sparsity(model), 4),
-            "seconds": round(now - clock[0], 1),
-            "pruner_seconds": round(hook_seconds - clock[1], 2),
+            "seconds": round(now - last_wall, 1),
+            "pruner_seconds": round(hook_seconds - last_hooks, 2),
         })
-        clock[:] = now, hook_seconds
+        last_wall, last_hooks = now, hook_seconds
         print(json.dumps(curve[-1]), flush=True)
         save_partial(summarise(curve, steps_per_epoch, status=f"running: {len(curve)}/{epochs} epochs"))
 
@@ -236,7 +237,7 @@ def markdown_table(results: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in results.items():
-        drop = f"{100 * (dense - row['dev_acc']) / dense:.2f}%" if dense and name != "dense" else "-"
+        drop = relative_drop(dense, row["dev_acc"]) if name != "dense" else "-"
         lines.append(f"| {name} | {row['dev_acc']:.4f} | {row['dev_f1']:.4f} | {drop} | {row['measured_sparsity_pruned_ops']:.4f} "
                      f"| {row['seconds_per_epoch']} | {row.get('pruner_seconds_per_epoch', '-')} | {row['peak_rss_mb']} | {row.get('status', 'done')} | {row['date']} | {row['commit']} |")
     lines += seed_summary(results, dense)
@@ -247,6 +248,10 @@ def markdown_table(results: dict) -> str:
                 minutes = f", {row['min_per_epoch']} min/epoch" if "min_per_epoch" in row else ""
                 lines.append(f"- {name}: acc {row['dev_acc']:.4f}, F1 {row['dev_f1']:.4f}{minutes}")
     return "\n".join(lines) + "\n"
+
+
+def relative_drop(dense: float | None, accuracy: float) -> str:
+    return f"{100 * (dense - accuracy) / dense:.2f}%" if dense else "-"
 
 
 def seed_summary(results: dict, dense: float | None) -> list[str]:
@@ -266,7 +271,7 @@ def seed_summary(results: dict, dense: float | None) -> list[str]:
         mean = statistics.mean(final)
         settled = statistics.mean(epoch["accuracy"] for row in rows for epoch in row["epochs"]
                                   if epoch["sparsity"] >= row["measured_sparsity_pruned_ops"] - 1e-3)
-        drop = f"{100 * (dense - mean) / dense:.2f}%" if dense else "-"
+        drop = relative_drop(dense, mean)
         timed = [row["pruner_seconds_per_epoch"] for row in rows if "pruner_seconds_per_epoch" in row]
         hooks = f"{statistics.mean(timed):.2f} (n={len(timed)})" if timed else "-"
         seeds = ",".join(str(row.get("seed", SEED)) for row in rows)

@@ -241,6 +241,7 @@ def markdown_table(results: dict) -> str:
         lines.append(f"| {name} | {row['dev_acc']:.4f} | {row['dev_f1']:.4f} | {drop} | {row['measured_sparsity_pruned_ops']:.4f} "
                      f"| {row['seconds_per_epoch']} | {row.get('pruner_seconds_per_epoch', '-')} | {row['peak_rss_mb']} | {row.get('status', 'done')} | {row['date']} | {row['commit']} |")
     lines += seed_summary(results, dense)
+    lines += paired_summary(results)
     if reference:
         lines += ["", "Reference INC 2.6 figures measured on this machine kind (shared/bench/inc-2.6-mrpc-minilm.json):", ""]
         for name, row in reference.items():
@@ -278,6 +279,28 @@ def seed_summary(results: dict, dense: float | None) -> list[str]:
         lines.append(f"| {group} | {seeds} | {mean:.4f} ({min(final):.4f}-{max(final):.4f}) | {drop} | {settled:.4f} "
                      f"| {statistics.mean(row['seconds_per_epoch'] for row in rows):.1f} | {hooks} |")
     return lines
+
+
+def paired_summary(results: dict) -> list[str]:
+    """prunelab minus INC on the same seed: both start from the same state and see the same batches."""
+    finished = {name: row for name, row in results.items() if row.get("status", "done") == "done"}
+    lines = []
+    for pattern, target in TARGETS.items():
+        differences = {}
+        for name, row in finished.items():
+            match = re.fullmatch(rf"prunelab_{re.escape(pattern)}_{target}(_seed\d+)?", name)
+            rival = finished.get(f"inc{name[len('prunelab'):]}") if match else None
+            if rival:
+                differences[row.get("seed", SEED)] = round(100 * (row["dev_acc"] - rival["dev_acc"]), 4)
+        if differences:
+            values = list(differences.values())
+            per_seed = ", ".join(f"{seed}: {value:+.2f}" for seed, value in sorted(differences.items()))
+            tally = f"{sum(v > 0 for v in values)} / {sum(v == 0 for v in values)} / {sum(v < 0 for v in values)}"
+            lines.append(f"| {pattern} at {target} | {per_seed} | {statistics.mean(values):+.2f} | {tally} |")
+    if not lines:
+        return []
+    return ["", "prunelab minus INC on the same seed (final dev accuracy, points):", "",
+            "| pattern | per seed | mean | prunelab ahead / tie / behind |", "|---|---|---|---|", *lines]
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO.parent / "shared/bench/inc-2.6-mrpc-minilm.json"  # INC 2.6 measured elsewhere, same recipe
 sys.path.insert(0, str(REPO))
 
 from accelerate import Accelerator  # noqa: E402
@@ -47,6 +48,7 @@ DENSE = dict(learning_rate=5e-5, num_train_epochs=5, weight_decay=0.01, lr_sched
 PRUNE = dict(learning_rate=5e-5, num_train_epochs=8, weight_decay=0.01, lr_scheduler_type="constant")
 PRUNING_WINDOW_EPOCHS = (1, 6)  # pruning from the end of epoch 1 to the end of epoch 6
 UPDATES_PER_WINDOW = 40  # pruning_frequency = round((end_step - start_step) / 40), INC's examples' rule
+SEED_SUFFIX = re.compile(r"_seed\d+$")  # rows of seeds other than the recipe's: <backend>_<pattern>_<target>_seed<N>
 EXCLUDED = ["classifier", "pooler", ".*embeddings.*"]
 TARGETS = {"4x1": 0.8, "2:4": 0.5}
 KD_TEMPERATURE, KD_WEIGHT = 2.0, 1.0
@@ -227,8 +229,7 @@ def write_results(path: Path, name: str, row: dict, revision: str) -> None:
 
 
 def markdown_table(results: dict) -> str:
-    reference = json.loads((REPO.parent / "shared/bench/inc-2.6-mrpc-minilm.json").read_text()) \
-        if (REPO.parent / "shared/bench/inc-2.6-mrpc-minilm.json").is_file() else {}
+    reference = json.loads(REFERENCE.read_text()) if REFERENCE.is_file() else {}
     dense = results.get("dense", {}).get("dev_acc")
     lines = [
         "# MRPC accuracy: prunelab vs INC 2.6 (all-MiniLM-L6-v2, recipe in accuracy_mrpc.py)",
@@ -255,6 +256,16 @@ def relative_drop(dense: float | None, accuracy: float) -> str:
     return f"{100 * (dense - accuracy) / dense:.2f}%" if dense else "-"
 
 
+def finished_pruning_runs(results: dict) -> dict[str, dict]:
+    return {name: row for name, row in results.items() if name != "dense" and row.get("status", "done") == "done"}
+
+
+def by_pattern(run: str) -> tuple[str, str]:
+    """Sort key for "<backend>_<pattern>_<target>" names: pattern first, then target, then backend."""
+    backend, setting = run.split("_", 1)
+    return setting, backend
+
+
 def final_sparsity_accuracies(row: dict) -> list[float]:
     """Dev accuracy of the epochs after the last mask update: less noisy than the last epoch alone."""
     return [epoch["accuracy"] for epoch in row["epochs"] if epoch["sparsity"] >= row["measured_sparsity_pruned_ops"] - 1e-3]
@@ -263,16 +274,15 @@ def final_sparsity_accuracies(row: dict) -> list[float]:
 def seed_summary(results: dict, dense: float | None) -> list[str]:
     """Finished pruning runs grouped over seeds: one seed's final epoch moves by several points."""
     groups: dict[str, list[dict]] = {}
-    for name, row in results.items():
-        if name != "dense" and row.get("status", "done") == "done":
-            groups.setdefault(re.sub(r"_seed\d+$", "", name), []).append(row)
+    for name, row in finished_pruning_runs(results).items():
+        groups.setdefault(SEED_SUFFIX.sub("", name), []).append(row)
     if not groups:
         return []
     lines = ["", "Over seeds (finished runs only; 'final-sparsity epochs' = the evaluations after the last mask update):", "",
              "| backend_pattern_target | seeds | final dev acc, mean (min-max) | rel. drop of mean | "
              "mean acc, final-sparsity epochs | s / epoch, mean | pruner hooks, s / epoch, mean |",
              "|---|---|---|---|---|---|---|"]
-    for group, rows in sorted(groups.items(), key=lambda item: item[0].split("_", 1)[::-1]):  # by pattern
+    for group, rows in sorted(groups.items(), key=lambda item: by_pattern(item[0])):
         final = [row["dev_acc"] for row in rows]
         mean = statistics.mean(final)
         settled = statistics.mean(accuracy for row in rows for accuracy in final_sparsity_accuracies(row))
@@ -287,28 +297,26 @@ def seed_summary(results: dict, dense: float | None) -> list[str]:
 
 def paired_summary(results: dict) -> list[str]:
     """prunelab minus INC on the same seed: both start from the same state and see the same batches."""
-    finished = {name: row for name, row in results.items() if row.get("status", "done") == "done"}
-    lines = []
-    for pattern, target in TARGETS.items():
-        differences = {}
-        for name, row in finished.items():
-            match = re.fullmatch(rf"prunelab_{re.escape(pattern)}_{target}(_seed\d+)?", name)
-            rival = finished.get(f"inc{name[len('prunelab'):]}") if match else None
-            if rival:
-                differences[row.get("seed", SEED)] = (
-                    round(100 * (row["dev_acc"] - rival["dev_acc"]), 4),
-                    100 * (statistics.mean(final_sparsity_accuracies(row)) - statistics.mean(final_sparsity_accuracies(rival))))
-        if differences:
-            final = [value for value, _ in differences.values()]
-            per_seed = ", ".join(f"{seed}: {value:+.2f}" for seed, (value, _) in sorted(differences.items()))
-            tally = f"{sum(v > 0 for v in final)} / {sum(v == 0 for v in final)} / {sum(v < 0 for v in final)}"
-            settled = statistics.mean(value for _, value in differences.values())
-            lines.append(f"| {pattern} at {target} | {per_seed} | {statistics.mean(final):+.2f} | {tally} | {settled:+.2f} |")
-    if not lines:
+    finished = finished_pruning_runs(results)
+    pairs: dict[str, dict[int, tuple[float, float]]] = {}  # "2:4_0.5" -> seed -> (final, final-sparsity epochs)
+    for name, row in finished.items():
+        rival = finished.get("inc" + name[len("prunelab"):]) if name.startswith("prunelab_") else None
+        if rival:
+            pairs.setdefault(SEED_SUFFIX.sub("", name)[len("prunelab_"):], {})[row.get("seed", SEED)] = (
+                round(100 * (row["dev_acc"] - rival["dev_acc"]), 4),
+                100 * (statistics.mean(final_sparsity_accuracies(row)) - statistics.mean(final_sparsity_accuracies(rival))))
+    if not pairs:
         return []
-    return ["", "prunelab minus INC on the same seed (dev accuracy, points):", "",
-            "| pattern | final epoch, per seed | final epoch, mean | prunelab ahead / tie / behind | "
-            "mean over final-sparsity epochs, mean over seeds |", "|---|---|---|---|---|", *lines]
+    lines = ["", "prunelab minus INC on the same seed (dev accuracy, points):", "",
+             "| pattern | final epoch, per seed | final epoch, mean | prunelab ahead / tie / behind | "
+             "mean over final-sparsity epochs, mean over seeds |", "|---|---|---|---|---|"]
+    for setting, by_seed in sorted(pairs.items()):  # "<pattern>_<target>", in the order of the seed table
+        final = [value for value, _ in by_seed.values()]
+        per_seed = ", ".join(f"{seed}: {value:+.2f}" for seed, (value, _) in sorted(by_seed.items()))
+        tally = f"{sum(v > 0 for v in final)} / {sum(v == 0 for v in final)} / {sum(v < 0 for v in final)}"
+        settled = statistics.mean(value for _, value in by_seed.values())
+        lines.append(f"| {setting.replace('_', ' at ')} | {per_seed} | {statistics.mean(final):+.2f} | {tally} | {settled:+.2f} |")
+    return lines
 
 
 def main() -> None:

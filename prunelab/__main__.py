@@ -7,7 +7,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from prunelab.errors import ConfigError
-from prunelab.run import run
+from prunelab.app.run import run
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

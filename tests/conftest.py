@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from prunelab.config import register_resolvers
+from prunelab.app.config import register_resolvers
 
 # Tests run beside other work on 2 cores: one thread avoids oversubscription (10x slower steps).
 torch.set_num_threads(1)

@@ -7,10 +7,10 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 import prunelab
-from prunelab.config import build, validate
+from prunelab.app.config import build, validate
 from prunelab.errors import ConfigError
 from prunelab.models import PretrainedModel, TinyBert
-from prunelab.run import _describe, _engine_config
+from prunelab.app.run import _describe, _engine_config
 from prunelab.tasks.base import Task
 from prunelab.train.pruning_window import IterativeSchedule, OneShotSchedule
 

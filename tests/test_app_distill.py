@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
-from prunelab.config import build
+from prunelab.app.config import build
 from prunelab.errors import ConfigError
 from prunelab.models import TinyBert, character_tokenizer
 from prunelab.train.batching import EXAMPLE_INDEX, IndexedCollator, IndexedDataset

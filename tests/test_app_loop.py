@@ -3,7 +3,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from prunelab.config import build
+from prunelab.app.config import build
 from prunelab.models import TinyBert, character_tokenizer
 from prunelab.train.loop import Trainer, TrainConfig
 from prunelab.train.pruning_window import IterativeSchedule, PruningSteps

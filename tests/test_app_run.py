@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
-import prunelab.run
+import prunelab.app.run
 from prunelab.errors import ConfigError
-from prunelab.run import run
+from prunelab.app.run import run
 
 SUMMARY_KEYS = {
     "status", "error", "task", "task_family", "model", "model_name_or_path", "do_prune", "pattern",
@@ -111,7 +111,7 @@ def test_failed_run_leaves_a_failed_summary_and_no_model(make_config, tmp_path):
 
 
 def test_failed_verification_never_publishes_the_model(make_config, tmp_path, monkeypatch):
-    monkeypatch.setattr(prunelab.run, "VERIFY_ATOL", -1.0)  # no reload can match: verification fails
+    monkeypatch.setattr(prunelab.app.run, "VERIFY_ATOL", -1.0)  # no reload can match: verification fails
     with pytest.raises(RuntimeError, match="verify_loading"):
         run(make_config("max_train_samples=16"), tmp_path)
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from prunelab.run import run
+from prunelab.app.run import run
 
 from conftest import SHARED_DATA
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from prunelab.config import build
+from prunelab.app.config import build
 from prunelab.errors import ConfigError
 from prunelab.models import character_tokenizer
 from prunelab.tasks.glue_files import read_glue_tsv

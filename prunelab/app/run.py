@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import prunelab
-from prunelab.config import build, register_resolvers, to_input_path, validate
+from prunelab.app.config import build, register_resolvers, to_input_path, validate
 from prunelab.errors import ConfigError
 from prunelab.outputs import METRICS, RunSummary, append_jsonl, save_model
 from prunelab.train.evaluation import predict

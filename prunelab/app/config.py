@@ -13,7 +13,7 @@ from transformers import SchedulerType
 
 from prunelab.errors import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = tuple(kind.value for kind in SchedulerType)
 

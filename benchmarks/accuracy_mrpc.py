@@ -158,7 +158,7 @@ def train(model, tokenizer, args, recipe: dict, save_partial, callbacks=None, te
         print(json.dumps(curve[-1]), flush=True)
         save_partial(summarise(curve, steps_per_epoch, status=f"running: {len(curve)}/{epochs} epochs"))
 
-    trainer.fit(callbacks=hooks, distiller=distiller, on_evaluate=record)
+    trainer.fit(callbacks=[hooks, distiller], on_evaluate=record)
     return summarise(curve, steps_per_epoch, status="done")
 
 

@@ -1,25 +1,205 @@
-"""``python -m prunelab [overrides]``: compose conf/ with Hydra and run one job (or a sweep with -m)."""
+"""``prunelab [overrides]`` (or ``python -m prunelab``): compose the configs with Hydra and run one
+job, or a sweep with ``-m``.
+
+The configs ship inside the package as ``prunelab.conf`` (the repository's ``conf/``); add your own
+config folders with ``--config-dir DIR`` or ``hydra.searchpath=[file://DIR]``.
+
+What the user can fix ends the command with one line on stderr and no traceback:
+
+- a bad override, an unknown key or group option, a bad config value:
+  ``prunelab: error: <what>: <why>``, exit code 2;
+- SIGTERM / SIGINT: ``prunelab: <message>``, exit code 128 + signal number;
+- a sweep: each failing job prints ``prunelab: error: job N (<its overrides>): ...`` and the sweep
+  goes on; at the end ``prunelab: K of M jobs failed ...``, exit code 2.
+
+Other exceptions (bugs) keep their traceback. With ``HYDRA_FULL_ERROR=1`` Hydra's composition
+errors come with their full traceback too.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import math
+import os
+import re
 import sys
+import traceback
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import (
+    ConfigCompositionException,
+    MissingConfigException,
+    OverrideParseException,
+    SearchPathException,
+)
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-from prunelab.errors import ConfigError
-from prunelab.app.run import run
+from prunelab.app import sweep_failures
+from prunelab.errors import ConfigError, RunInterrupted
+
+EXIT_CONFIG = 2
+# What Hydra raises before any job runs, when it cannot put the config together.
+COMPOSITION_ERRORS = (ConfigCompositionException, OverrideParseException, SearchPathException)
+MULTIRUN_FLAGS = ("-m", "--multirun")
+GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float:
+@hydra.main(version_base="1.3", config_path="pkg://prunelab.conf", config_name="config")
+def _job(cfg: DictConfig) -> float:
+    """One Hydra job: ``run(cfg)``, its main metric returned for sweepers that optimise it."""
+    from prunelab.app.run import run  # imported here so that config errors are told without the wait
+
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        try:
+            metrics = run(cfg)
+        except ConfigError as error:
+            # Raised past Hydra's job wrapper, which would add a line of its own.
+            _fail(f"prunelab: error: {error}", EXIT_CONFIG)
+        return next(iter(metrics.values()))  # run() puts the main metric first
     try:
         metrics = run(cfg)
     except ConfigError as error:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # Hydra marks this job failed and goes on with the rest of the sweep
-        print(f"prunelab: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    return next(iter(metrics.values()))  # run() puts the main metric first; sweepers optimise it
+        print(f"prunelab: error: {_job_name()}: {error}", file=sys.stderr, flush=True)
+    except Exception:
+        # A bug: its traceback, then the sweep goes on (the job's summary.json says failed).
+        print(f"prunelab: {_job_name()} failed:", file=sys.stderr, flush=True)
+        traceback.print_exc()
+    else:
+        return next(iter(metrics.values()))
+    return math.nan  # failed: no metric (an optimising sweeper records a failed trial)
+
+
+def main() -> None:
+    """Entry point of ``prunelab`` and ``python -m prunelab``."""
+    users_setting = os.environ.get("HYDRA_FULL_ERROR")
+    full_error = users_setting == "1"
+    # Hydra then lets its exceptions through instead of printing them itself, so that they can be
+    # told in one line here.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    # Hydra's argparse takes no option between overrides: `prunelab a=1 -m b=1,2` would fail.
+    sys.argv[1:] = sorted(sys.argv[1:], key=lambda arg: arg not in MULTIRUN_FLAGS)
+    try:
+        _job()
+    except RunInterrupted as stop:
+        _fail(f"prunelab: {stop}", 128 + stop.signum)
+    except KeyboardInterrupt:
+        _fail("prunelab: interrupted", 130)
+    except COMPOSITION_ERRORS as error:
+        if full_error:
+            raise
+        _fail(f"prunelab: error: {hydra_error_line(error, sys.argv[1:])}", EXIT_CONFIG)
+    finally:
+        if users_setting is None:
+            del os.environ["HYDRA_FULL_ERROR"]
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = users_setting
+    outcome = sweep_failures.take_outcome()
+    if outcome is not None and outcome.line:
+        _fail(outcome.line, EXIT_CONFIG)
+
+
+def hydra_error_line(error: Exception, argv: list[str]) -> str:
+    """What Hydra could not compose, in one line naming the override (no ``prunelab: error:``).
+
+    ``argv``: the command line (overrides and Hydra's options), to quote the override as typed.
+    """
+    args = _parse_args(argv)
+    overrides = list(args.overrides)
+    if isinstance(error, OverrideParseException):
+        return _bad_syntax(error)
+    if isinstance(error, MissingConfigException):
+        return _missing_config(error, overrides, args.config_name or "config")
+    text = str(error)
+    unknown = re.match(r"Could not override '([^']+)'", text)
+    if unknown:
+        key = unknown.group(1)
+        typed = _typed(overrides, key) or key
+        cause = error.__cause__
+        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
+            hydra_key = key.split(".")[0] == "hydra"
+            siblings = list(cause.parent_node.keys()) if isinstance(cause.parent_node, DictConfig) else []
+            close = difflib.get_close_matches(str(cause.key), [k for k in siblings if k != "hydra"], n=1)
+            prefix = str(cause.full_key).rpartition(".")[0]
+            hint = f"did you mean {prefix + '.' if prefix else ''}{close[0]}? " if close else ""
+            where = "prunelab --cfg hydra" if hydra_key else "conf/config.yaml, or prunelab --cfg job"
+            return f"{typed}: no such key in {'Hydra' if hydra_key else 'the'} config ({hint}see {where})"
+        if cause is not None:
+            return f"{typed}: {_one_line(str(cause))}"
+    return _one_line(text)
+
+
+def _fail(line: str, code: int) -> None:
+    print(line, file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def _job_name() -> str:
+    """``job 3 (pattern=2:4 seed=1)``: the job's number and overrides, as Hydra numbers its dirs."""
+    hydra_cfg = HydraConfig.get()
+    overrides = " ".join(o.replace("\\:", ":") for o in hydra_cfg.overrides.task)  # Hydra escapes 2:4 as 2\:4
+    return f"job {hydra_cfg.job.num} ({overrides})"
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line as Hydra's own parser reads it (it accepted it before Hydra raised)."""
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        return get_args_parser().parse_args(argv)
+    except SystemExit:
+        return argparse.Namespace(overrides=[arg for arg in argv if not arg.startswith("-")], config_name=None)
+
+
+def _typed(overrides: list[str], key: str) -> str | None:
+    """The override as typed whose key is ``key`` (``foo=1`` for foo, ``+foo=1``, ``~foo``...)."""
+    for override in overrides:
+        typed_key = override.split("=", 1)[0].lstrip("+~")
+        if typed_key == key:
+            return override
+    return None
+
+
+def _one_line(text: str) -> str:
+    """Hydra's message without its search-path listing and links, on one line."""
+    text = text.split("\nConfig search path:")[0]
+    lines = [line.strip() for line in text.splitlines()]
+    return " ".join(line for line in lines if line and not line.startswith("See https://"))
+
+
+def _bad_syntax(error: OverrideParseException) -> str:
+    details = [line.strip() for line in error.message.splitlines()]
+    details = [line for line in details
+               if line and not line.startswith(("Error parsing override", "See https://")) and line != "^"]
+    detail = details[0] if details else "cannot parse it"
+    if detail.startswith("LexerNoViableAltException"):
+        detail = "a character the override grammar does not allow here (quote the value)"
+    elif detail.startswith("missing EQUAL"):
+        detail = "expected key=value"
+    return f"{error.override}: bad override syntax: {detail} (see {GRAMMAR})"
+
+
+def _missing_config(error: MissingConfigException, overrides: list[str], primary: str) -> str:
+    text = str(error)
+    if error.missing_cfg_file is None:  # the package's own configs are missing
+        return f"{_one_line(text)} (reinstall prunelab, e.g. pip install -e . in the repository: conf/ is its package prunelab.conf)"
+    if text.startswith("Cannot find primary config"):
+        return _one_line(text)
+    group, _, option = error.missing_cfg_file.rpartition("/")
+    if not group:
+        return _one_line(text)
+    where = re.match(r"In '([^']+)': ", text)
+    parent = where.group(1) if where else None
+    typed = f"{group}={option}"
+    if not any(re.match(rf"[+~]*{re.escape(group)}(@[^=]*)?=", o) for o in overrides):
+        # Not on the command line: a config file chose it (Hydra names the primary config for an
+        # `override /group:` in a preset).
+        typed += f" (chosen in {parent})" if parent and parent != primary else " (chosen in a config file)"
+    if error.options:
+        return f"{typed}: no such option in group '{group}'; available: {', '.join(error.options)}"
+    return f"{typed}: no config group '{group}' (groups are the folders of conf/ and of --config-dir)"
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """What a run leaves in its output directory: ``config.yaml`` (resolved), ``metrics.jsonl`` (one
-line per evaluation), ``summary.json`` and the model saved with ``save_pretrained``.
+line per evaluation), ``summary.json`` (status ``running``, ``completed``, ``failed`` or
+``preempted``) and the model saved with ``save_pretrained``.
 
 Files are written so that a crash never leaves something that looks complete: JSON files via a
 temporary file and a rename, the model into ``model.tmp/`` renamed to ``model/`` once saved (and
@@ -22,13 +23,18 @@ import prunelab
 
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
+CONFIG = "config.yaml"
 MODEL_DIR = "model"
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_finite(payload), indent=2, default=_plain) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    write_text_atomic(path, json.dumps(_finite(payload), indent=2, default=_plain) + "\n")
 
 
 def append_jsonl(path: Path, record: dict) -> None:

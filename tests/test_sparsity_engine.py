@@ -342,3 +342,29 @@ def test_tiny_bert_prunes_every_encoder_linear_and_leaves_head_and_pooler():
     report = pruning.report()
     assert report["pruned_ops_sparsity"] == pytest.approx(0.8, abs=2 / 24576)
     assert report["linear_conv_sparsity"] < report["pruned_ops_sparsity"]
+
+
+def test_a_pattern_that_fits_none_of_a_groups_ops_raises_naming_group_pattern_and_shapes():
+    model = nn.Sequential(nn.Linear(16, 32), nn.Linear(32, 16), nn.Linear(16, 16), nn.Linear(16, 64), nn.Linear(64, 8))
+    config = {"pattern": "3x7", "pruning_type": "magnitude", "target_sparsity": 0.8, "excluded_op_names": []}
+    message = (
+        "pruning group 0: pattern 3x7 fits none of its 5 ops (shapes [32, 16], [16, 32], [16, 16], ...); "
+        "choose a pattern whose block divides the weight shapes"
+    )
+    with pytest.raises(ValueError) as raised:
+        prunelab.prepare_pruning(model, config)
+    assert str(raised.value) == message
+    # The group is named by its index; N:M gets the advice about the input dim.
+    groups = {"pruning_type": "magnitude", "excluded_op_names": [], "pruning_configs": [
+        {"op_names": ["^0$"], "pattern": "4x1", "target_sparsity": 0.5},
+        {"op_names": ["^[1-4]$"], "pattern": "1:3", "target_sparsity": 0.3},
+    ]}
+    with pytest.raises(ValueError, match=r"^pruning group 1: pattern 1:3 fits none of its 4 ops \(shapes \[16, 32\], "
+                                         r"\[16, 16\], \[64, 16\], \.\.\.\); choose a pattern whose M divides the input dim"):
+        prunelab.prepare_pruning(model, groups)
+    # Nothing to prune (target 0) or nothing new to prune (pattern_lock): no error, the ops stay dense.
+    for quiet in ({**config, "target_sparsity": 0.0}, {**config, "pruning_type": "pattern_lock"}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert prunelab.prepare_pruning(model, quiet).report()["pruned_ops_sparsity"] == 0.0
+    # A partial misfit still only warns (test_ops_that_do_not_fit_stay_dense_with_one_warning).

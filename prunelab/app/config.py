@@ -1,5 +1,5 @@
-"""Config-level helpers: OmegaConf resolvers the YAML files use, and checks of top-level values
-that must fail before any model is loaded."""
+"""Config-level helpers: OmegaConf resolvers the YAML files use, paths given in the config, and
+``build`` (Hydra's instantiate with one-line errors)."""
 from __future__ import annotations
 
 import importlib
@@ -9,13 +9,12 @@ from pathlib import Path
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
-from transformers import SchedulerType
 
 from prunelab.errors import ConfigError
+from prunelab.train.checkpointing import CHECKPOINTS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-MIXED_PRECISION = ("no", "fp16", "bf16")
-LR_SCHEDULERS = tuple(kind.value for kind in SchedulerType)
+DEFAULT_TARGET_SPARSITY = 0.8  # for patterns without a ceiling (NxM blocks, channels)
 
 
 def package_model_path(module: str) -> str:
@@ -42,33 +41,32 @@ def progressive_pruning_type(criterion: str, progressive: bool) -> str:
     return f"{criterion}_progressive" if progressive else criterion
 
 
+def default_target_sparsity(pattern: str) -> float:
+    """A target every pattern can reach: N/M for an N:M pattern (its ceiling), else 0.8."""
+    n, colon, m = str(pattern).partition(":")
+    if colon and n.isdigit() and m.isdigit() and int(m) > 0:
+        return int(n) / int(m)
+    return DEFAULT_TARGET_SPARSITY
+
+
+def run_dir(resume_from_checkpoint: str | None, fresh: str) -> str:
+    """Hydra's run directory: a resumed run continues in the run directory of its checkpoint."""
+    if resume_from_checkpoint in (None, "auto"):
+        return fresh
+    path = Path(resume_from_checkpoint)
+    return str(path.parent.parent if path.parent.name == CHECKPOINTS else path)
+
+
 def register_resolvers() -> None:
     for name, resolver in {
         "prunelab.package_model": package_model_path,
         "prunelab.shared_data": shared_data_root,
         "prunelab.progressive": progressive_pruning_type,
+        "prunelab.default_target": default_target_sparsity,
+        "prunelab.run_dir": run_dir,
     }.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
-
-
-def validate(cfg: DictConfig) -> None:
-    """Raise ``ConfigError`` naming the first top-level value outside its allowed range."""
-    if cfg.do_prune and not 0.0 <= cfg.target_sparsity < 1.0:
-        raise ConfigError(f"target_sparsity={cfg.target_sparsity}: must be in [0, 1) (fraction of weights zeroed)")
-    for key in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
-                "gradient_accumulation_steps", "max_length"):
-        if not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise ConfigError(f"{key}={cfg[key]}: must be a positive integer")
-    for key in ("sparsity_warm_epochs", "cooldown_epochs", "learning_rate", "weight_decay", "num_warmup_steps"):
-        if cfg[key] < 0:
-            raise ConfigError(f"{key}={cfg[key]}: must be >= 0")
-    if cfg.lr_scheduler_type not in LR_SCHEDULERS:
-        raise ConfigError(f"lr_scheduler_type={cfg.lr_scheduler_type}: allowed {list(LR_SCHEDULERS)}")
-    if cfg.mixed_precision not in MIXED_PRECISION:
-        raise ConfigError(f"mixed_precision={cfg.mixed_precision}: allowed {list(MIXED_PRECISION)}")
-    if cfg.data_root is not None and not Path(to_input_path(cfg.data_root)).is_dir():
-        raise ConfigError(f"data_root={cfg.data_root}: directory not found (unset it to use the HuggingFace hub)")
 
 
 def to_input_path(path: str) -> str:

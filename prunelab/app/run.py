@@ -1,192 +1,140 @@
-"""One run, wired explicitly in order: config checks -> model + tokenizer -> task data ->
-distiller -> training loop -> pruning engine -> fit -> sparsity report -> saved model -> summary.
+"""One run: check the config, claim the run directory, then the stages of ``prunelab.app.stages``.
 
 ``run(cfg)`` returns the final eval metrics; ``python -m prunelab`` is a thin Hydra wrapper over it.
+What a run writes and when:
+- nothing, if the config is wrong and the directory holds another run's outputs (they are kept);
+- ``summary.json`` at once (``running``), rewritten at the end: ``completed``, ``failed`` with
+  the error, or ``preempted`` with the signal (after a checkpoint when checkpointing is on).
 """
 from __future__ import annotations
 
+import logging
+import os
 import time
 from pathlib import Path
 
 import datasets
-import numpy as np
 import transformers
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from accelerate.utils import set_seed
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-import prunelab
-from prunelab.app.config import build, register_resolvers, to_input_path, validate
-from prunelab.errors import ConfigError
-from prunelab.outputs import METRICS, RunSummary, append_jsonl, save_model
-from prunelab.train.evaluation import predict
-from prunelab.train.loop import Evaluation, Trainer, TrainConfig
-from prunelab.train.pruning_window import PruningSteps
+from prunelab.app.config import register_resolvers
+from prunelab.app.run_dir import check_resumable, clear_outputs, find_checkpoint, previous_outputs, truncate_metrics
+from prunelab.app.schema import check_config
+from prunelab.app.stages import STAGES, RunState, check_pruning
+from prunelab.errors import ConfigError, RunInterrupted
+from prunelab.outputs import CONFIG, RunSummary, write_text_atomic
+from prunelab.train.checkpointing import read_position
+from prunelab.train.interrupts import StopOnSignal
 
 register_resolvers()
 # The run shows one progress bar (training); tokenizing, shard writing and loading stay quiet.
 datasets.disable_progress_bars()
 transformers.utils.logging.disable_progress_bar()
-
-# Reloaded-model logits must match the trained model's to this tolerance (float32 eval).
-VERIFY_ATOL = 1e-4
+# accelerate logs every file of every checkpoint at INFO; the run reports checkpoints itself.
+logging.getLogger("accelerate").setLevel(logging.WARNING)
 
 
 def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, float]:
     """Train (and prune) as ``cfg`` says; write outputs into ``output_dir`` (default: Hydra's run dir).
 
-    Returns the final eval metrics (``eval/<name>``), the task's main metric first.
-
-    A failing run still writes ``summary.json`` with ``status: failed`` and re-raises.
+    Returns the final eval metrics (``eval/<name>``), the task's main metric first. Raises
+    ``ConfigError`` for bad settings (before anything heavy loads) and ``RunInterrupted`` on
+    SIGTERM/SIGINT; either way ``summary.json`` says so.
     """
     out = Path(output_dir) if output_dir is not None else Path(HydraConfig.get().runtime.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    # With several processes (multi-GPU) only the main one writes files.
-    summary = RunSummary(out, writes=PartialState().is_main_process, **_describe(cfg))
-    summary.write()
-    try:
-        metrics = _run(cfg, out, summary)
-    except BaseException as error:
-        summary.write(status="failed", error=_one_line(error), wall_time_s=time.perf_counter() - started)
-        raise
+    with StopOnSignal() as stop:
+        try:
+            cfg, resume_from = _claim(cfg, out)
+        except ConfigError as error:
+            _record_refusal(cfg, out, error)
+            raise
+        accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+        summary = RunSummary(out, writes=accelerator.is_main_process, **_describe(cfg))
+        if resume_from is not None:
+            summary.update(notes=[f"resumed from {resume_from} (step {read_position(resume_from).step})"])
+        try:
+            summary.write()
+            if accelerator.is_main_process:
+                write_text_atomic(out / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
+            set_seed(cfg.seed)
+            state = RunState(cfg, out, accelerator, summary, stop, resume_from=resume_from)
+            for stage in STAGES:
+                stage(state)
+        except RunInterrupted as interrupt:
+            summary.write(status="preempted", error=f"{interrupt}", wall_time_s=time.perf_counter() - started)
+            raise
+        except BaseException as error:
+            summary.write(status="failed", error=_one_line(error), wall_time_s=time.perf_counter() - started)
+            raise
     summary.write(status="completed", wall_time_s=time.perf_counter() - started)
     if summary.writes:
         _print_summary(summary.fields)
-    return metrics
+    return state.metrics
 
 
-def _run(cfg: DictConfig, out: Path, summary: RunSummary) -> dict[str, float]:
-    validate(cfg)
-    set_seed(cfg.seed)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
-    if accelerator.is_main_process:
-        (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
-
-    source = build(cfg.model)
-    summary.update(model_name_or_path=source.source)
-    tokenizer = source.load_tokenizer()
-
-    task = build(
-        cfg.task,
-        data_root=to_input_path(cfg.data_root) if cfg.data_root else None,
-        max_length=cfg.max_length,
-        max_train_samples=cfg.max_train_samples,
-        max_eval_samples=cfg.max_eval_samples,
-        seed=cfg.seed,
-    )
-    summary.update(task=task.name, task_family=task.family, main_metric=f"eval/{task.main_metric}")
-    with accelerator.main_process_first():
-        data = task.load(tokenizer)
-    summary.write(notes=list(data.notes))
-
-    model = source.load_model(task.auto_model_class(), **task.model_kwargs())
-    # The default teacher is the starting model, so it is copied before any pruning touches it.
-    distiller = build(cfg.distill)(task=task, student=model)
-    trainer = Trainer(model, task, data, _train_config(cfg), accelerator)
-    engine_config = _engine_config(cfg, trainer.steps_per_epoch)
-    pruning = _setup_pruning(engine_config, model) if cfg.do_prune else None
-    measurement = pruning or _dense_measurement(engine_config, model)
-
-    def log_evaluation(evaluation: Evaluation) -> None:
-        if accelerator.is_main_process:
-            record = {"epoch": evaluation.epoch, "step": evaluation.step, **evaluation.metrics}
-            record["sparsity"] = measurement.report()["pruned_ops_sparsity"]
-            append_jsonl(out / METRICS, record)
-
-    final = trainer.fit(callbacks=pruning, distiller=distiller, on_evaluate=log_evaluation)
-    main = f"eval/{task.main_metric}"
-    eval_metrics = {main: final.metrics[main]}
-    eval_metrics.update({k: v for k, v in final.metrics.items() if k.startswith("eval/") and k != "eval/loss"})
-    summary.write(metrics=eval_metrics, sparsity=measurement.report())
-
-    if accelerator.is_main_process:
-        task.write_predictions(final.logits, data, out)
-        if cfg.save_model:
-            verify = _logit_check(trainer, final) if cfg.verify_loading else None
-            save_model(accelerator.unwrap_model(trainer.model), tokenizer, out, verify)
-    return eval_metrics
-
-
-def _engine_config(cfg: DictConfig, steps_per_epoch: int) -> dict:
-    """``cfg.pruning`` plus the step keys the scheduler derives from the pruning window."""
-    engine_config = OmegaConf.to_container(cfg.pruning, resolve=True)
-    steps = PruningSteps(steps_per_epoch, cfg.num_train_epochs, cfg.sparsity_warm_epochs, cfg.cooldown_epochs)
-    engine_config.update(build(cfg.scheduler).engine_keys(steps, cfg.pruning_frequency))
-    return engine_config
-
-
-def _setup_pruning(engine_config: dict, model):
+def _claim(cfg: DictConfig, out: Path) -> tuple[DictConfig, Path | None]:
+    """The checked config, and the checkpoint to resume from; the run directory made ready:
+    a directory holding another run is refused unless resuming or overwriting."""
+    typed = check_config(cfg)
+    check_pruning(typed)
     try:
-        return prunelab.prepare_pruning(model, engine_config)
-    except ValueError as error:
-        raise ConfigError(f"pruning: {error}") from error
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"output directory {out}: cannot be created ({error.strerror or error})") from None
+    if not os.access(out, os.W_OK):
+        raise ConfigError(f"output directory {out}: not writable")
+    resume = typed.resume_from_checkpoint
+    checkpoint = find_checkpoint(resume, out) if resume is not None else None
+    if checkpoint is not None:
+        if checkpoint.parent.parent.resolve() != out.resolve():
+            raise ConfigError(
+                f"resume_from_checkpoint={resume}: a resumed run continues in its own run directory "
+                f"{checkpoint.parent.parent}, not {out}"
+            )
+        check_resumable(checkpoint, OmegaConf.to_yaml(typed, resolve=True), resume)
+        truncate_metrics(out, read_position(checkpoint).step)
+    elif typed.overwrite_output_dir or resume == "auto":
+        clear_outputs(out)  # auto without a checkpoint: the run starts over
+    elif previous_outputs(out):
+        raise ConfigError(
+            f"output directory {out} holds a previous run ({', '.join(previous_outputs(out))}); "
+            "set resume_from_checkpoint=<dir> to continue it, overwrite_output_dir=true to replace it, "
+            "or choose another hydra.run.dir"
+        )
+    return typed, checkpoint
 
 
-def _dense_measurement(engine_config: dict, model):
-    """For dense runs: an engine over the same ops with nothing to prune, whose ``report()`` counts
-    zeros exactly as a pruning run's does (no hook is ever called, so the model is untouched)."""
-    # magnitude needs no gradients, so the one-shot/step checks of gradient criteria cannot trip.
-    targetless = {"target_sparsity": 0.0, "min_sparsity_ratio_per_op": 0.0, "pruning_type": "magnitude"}
-    return _setup_pruning(
-        {
-            **engine_config,
-            **targetless,
-            "pruning_configs": [{**group, **targetless} for group in engine_config["pruning_configs"]],
-        },
-        model,
-    )
-
-
-def _logit_check(trainer: Trainer, final: Evaluation):
-    """Reload a saved model directory and compare its eval logits with the trained model's."""
-    def verify(directory: Path) -> None:
-        reloaded = trainer.task.auto_model_class().from_pretrained(directory).to(trainer.accelerator.device)
-        logits, _ = predict(reloaded, trainer.eval_loader, trainer.task, trainer.accelerator)
-        for saved, trained in zip(logits, final.logits):
-            gap = float(np.max(np.abs(saved - trained))) if saved.size else 0.0
-            if saved.shape != trained.shape or gap > VERIFY_ATOL:
-                raise RuntimeError(
-                    f"verify_loading: the reloaded model's eval logits differ from the trained model's "
-                    f"(max |diff| {gap:.2e}, shapes {saved.shape} vs {trained.shape}); model left in {directory}"
-                )
-
-    return verify
-
-
-def _train_config(cfg: DictConfig) -> TrainConfig:
-    return TrainConfig(
-        learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.num_train_epochs,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
-        weight_decay=cfg.weight_decay,
-        adam_betas=tuple(cfg.adam_betas),
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        num_warmup_steps=cfg.num_warmup_steps,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        max_grad_norm=cfg.max_grad_norm,
-        seed=cfg.seed,
-        progress_bar=cfg.progress_bar,
-    )
+def _record_refusal(cfg: DictConfig, out: Path, error: ConfigError) -> None:
+    """A ``failed`` summary.json for a config refused at once, where that destroys nothing: the
+    directory must exist, be writable and hold no previous run (and only process 0 writes)."""
+    if int(os.environ.get("RANK", "0")) != 0 or not out.is_dir() or previous_outputs(out) or not os.access(out, os.W_OK):
+        return
+    RunSummary(out, **_describe(cfg)).write(status="failed", error=f"ConfigError: {error}")
 
 
 def _describe(cfg: DictConfig) -> dict:
-    """Summary fields known from the config alone (so even a run failing at once has them)."""
-    pruning = cfg.pruning
+    """Summary fields known from the config alone, so even a run refused at once has them. Safe on
+    an unchecked config: values are read as given, and unreadable ones are None."""
+    def pick(key: str):
+        return OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+
+    do_prune = pick("do_prune")
     # Groups in pruning_configs override the global pattern; "1x1+4x1" names a mixed recipe.
-    groups = pruning.pruning_configs or [{}]
-    patterns = sorted({group.get("pattern", pruning.pattern) for group in groups})
+    groups = pick("pruning.pruning_configs") or [{}]
+    patterns = sorted({str(group.get("pattern", pick("pruning.pattern"))) for group in groups})
     return {
-        "task": OmegaConf.select(cfg, "task.name") or _choice("task"),
-        "model": cfg.model.name,
-        "model_name_or_path": OmegaConf.select(cfg, "model.name_or_path", default=None, throw_on_resolution_failure=False),
-        "do_prune": bool(cfg.do_prune),
-        "pattern": "+".join(patterns) if cfg.do_prune else None,
-        "pruning_type": pruning.pruning_type if cfg.do_prune else None,
-        "target_sparsity": float(cfg.target_sparsity) if cfg.do_prune else None,
-        "seed": int(cfg.seed),
+        "task": pick("task.name") or _choice("task"),
+        "model": pick("model.name"),
+        "model_name_or_path": pick("model.name_or_path"),
+        "do_prune": do_prune,
+        "pattern": "+".join(patterns) if do_prune else None,
+        "pruning_type": pick("pruning.pruning_type") if do_prune else None,
+        "target_sparsity": pick("target_sparsity") if do_prune else None,
+        "seed": pick("seed"),
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
     }
 

@@ -26,10 +26,12 @@ from torch import nn
 
 from prunelab.sparsity.config import PruningConfig, parse_config
 from prunelab.sparsity.measure import build_report
-from prunelab.sparsity.ops import select_ops
+from prunelab.sparsity.ops import OpView, select_ops
+from prunelab.sparsity.patterns import NInMPattern
 from prunelab.sparsity.pruner import PruningGroup
 
 STATE_FORMAT = "prunelab.sparsity/1"
+_SHAPES_LISTED = 3  # distinct op shapes named when a pattern fits none of a group's ops
 
 # Hook phases within one optimizer step.
 _READY, _STEPPING, _GRADS = "ready", "stepping", "grads"
@@ -39,7 +41,10 @@ def prepare_pruning(model: nn.Module, config: Mapping | PruningConfig) -> "Pruni
     """Validate ``config`` and attach a pruning engine to ``model`` (the model is not modified yet).
 
     Call it after moving the model to its device. ``config`` is an INC-style dict (or OmegaConf
-    DictConfig) or a ``PruningConfig``; see ``prunelab.sparsity.config`` for the keys.
+    DictConfig) or a ``PruningConfig``; see ``prunelab.sparsity.config`` for the keys. Raises
+    ``ValueError`` when a group matches no op, two groups claim one op, or a group with a
+    ``target_sparsity`` above 0 has no op whose shape fits its pattern (ops that do not fit in a
+    group where others do stay dense, with one warning).
     """
     return Pruning(model, parse_config(config))
 
@@ -75,7 +80,10 @@ class Pruning:
                         f"ops {weights[id(module.weight)]!r} and {name!r} share one weight tensor; exclude one of them"
                     )
                 weights[id(module.weight)] = name
-            self.groups.append(PruningGroup(index, group_config, matched))
+            group = PruningGroup(index, group_config, matched)
+            if group.unfit and not group.ops and group_config.target_sparsity > 0:
+                raise ValueError(_fits_none_message(group, matched))
+            self.groups.append(group)
         unfit = [(name, group) for group in self.groups for name in group.unfit]
         if unfit:
             listing = ", ".join(
@@ -207,3 +215,25 @@ class Pruning:
 
 def _module_shape(model: nn.Module, name: str) -> torch.Size:
     return model.get_submodule(name).weight.shape
+
+
+def _fits_none_message(group: PruningGroup, matched: list[tuple[str, nn.Module, str]]) -> str:
+    """Why a group with a target would prune nothing: the distinct shapes (``[out, in]``, as patterns see
+    them) that its pattern does not divide."""
+    shapes: list[list[int]] = []
+    for _, module, kind in matched:
+        view = OpView(kind, module.weight.shape)
+        if [view.rows, view.cols] not in shapes:
+            shapes.append([view.rows, view.cols])
+    listing = ", ".join(str(shape) for shape in shapes[:_SHAPES_LISTED])
+    if len(shapes) > _SHAPES_LISTED:
+        listing += ", ..."
+    pattern = group.pattern
+    if isinstance(pattern, NInMPattern):
+        advice = "choose a pattern whose M divides the input dim of the weight shapes"
+    else:
+        advice = "choose a pattern whose block divides the weight shapes"
+    return (
+        f"pruning group {group.index}: pattern {pattern.name} fits none of its {len(matched)} ops "
+        f"(shapes {listing}); {advice}"
+    )

@@ -11,7 +11,7 @@ from transformers import AutoModelForSequenceClassification, DataCollatorWithPad
 
 from prunelab.errors import ConfigError
 from prunelab.tasks.base import Task, TaskData
-from prunelab.tasks.glue_files import read_glue_tsv
+from prunelab.tasks.glue_files import parse_labels, read_glue_table
 from prunelab.tasks.glue_metrics import GLUE_METRICS, glue_metrics
 
 
@@ -114,19 +114,12 @@ class GlueTask(Task):
                     f"data_root={self.data_root}: {path} not found; expected the GLUE download layout "
                     f"<data_root>/glue/{self.local['dir']}/{{{self.local['train_file']},{self.local['eval_file']}}}"
                 )
-            columns, skipped = read_glue_tsv(path, dict(self.local["columns"]), self.local.get("header", True))
-            columns["label"] = [self._label(value) for value in columns["label"]]
-            if skipped:
-                notes.append(f"{path.name}: {skipped} malformed rows skipped")
-            splits.append(datasets.Dataset.from_dict(columns))
+            table = read_glue_table(path, dict(self.local["columns"]), self.local.get("header", True))
+            table.columns["label"] = parse_labels(table, self.num_labels, self.label_names)
+            if table.skipped_lines:
+                notes.append(f"{path.name}: {len(table.skipped_lines)} malformed rows skipped")
+            splits.append(datasets.Dataset.from_dict(table.columns))
         return splits[0], splits[1], notes
-
-    def _label(self, value: str) -> int | float:
-        if self.num_labels == 1:
-            return float(value)
-        if self.label_names:
-            return self.label_names.index(value)
-        return int(value)
 
     def _load_hub(self) -> tuple[datasets.Dataset, datasets.Dataset, list[str]]:
         try:

@@ -19,6 +19,7 @@ from prunelab.errors import ConfigError
 from prunelab.tasks.base import Task
 from prunelab.train.batching import EXAMPLE_INDEX
 
+DEFAULT_LOSS_WEIGHT = 1.0  # loss_weight when the config leaves it null
 # Logit given to padding positions: softmax weight ~0 without the NaNs -inf brings into KL.
 PADDING_LOGIT = -1.0e4
 
@@ -39,19 +40,25 @@ class KnowledgeDistiller:
         student: torch.nn.Module,
         teacher: str | None = None,
         temperature: float = 2.0,
-        loss_weight: float = 1.0,
+        loss_weight: float | None = None,
         precompute: bool = False,
     ):
         if temperature <= 0:
             raise ConfigError(f"distill.temperature={temperature}: must be > 0")
         self.task = task
         self.temperature = temperature
-        self.loss_weight = loss_weight
+        self.loss_weight = DEFAULT_LOSS_WEIGHT if loss_weight is None else loss_weight
         self.precompute = precompute
         self.teacher = copy.deepcopy(student) if teacher is None else _load_teacher(task, teacher)
         self.teacher.eval().requires_grad_(False)
         self.accelerator = None
         self.stored: tuple[torch.Tensor, ...] | None = None
+
+    def on_fit_start(self, trainer) -> None:
+        """Training-loop hook: prepare on the trainer's device, over its training set in order."""
+        ordered = DataLoader(trainer.train_set, batch_size=trainer.config.per_device_eval_batch_size,
+                             collate_fn=trainer.train_collator)
+        self.prepare(trainer.accelerator, ordered)
 
     def prepare(self, accelerator, ordered_loader: DataLoader) -> None:
         """Move the teacher to the training device; precompute its logits when asked.
@@ -63,7 +70,8 @@ class KnowledgeDistiller:
         if self.precompute:
             self.stored = self._precompute(ordered_loader)
 
-    def loss(self, outputs, batch: dict, example_index: torch.Tensor) -> torch.Tensor:
+    def extra_loss(self, outputs, batch: dict, example_index: torch.Tensor) -> torch.Tensor:
+        """Training-loop hook: the distillation term added to the task loss."""
         student = self.task.logits(outputs)
         teacher = self._lookup(example_index, student) if self.stored is not None else self._teacher_logits(batch)
         mask = batch.get("attention_mask")

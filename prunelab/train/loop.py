@@ -1,17 +1,24 @@
-"""The fine-tuning loop: accelerate (devices, mixed precision, multi-GPU), AdamW, a transformers LR
-schedule, dynamic padding, gradient accumulation, evaluation every epoch.
+"""The fine-tuning loop: accelerate (devices, mixed precision, data parallel), AdamW, a transformers
+LR schedule, dynamic padding, gradient accumulation, evaluation every epoch, checkpoints.
 
-Pruning enters only through a callbacks object with the hook methods INC 2.x's
-``compression_manager.callbacks`` has (``on_train_begin``, ``on_step_begin(step)``,
-``on_before_optimizer_step``, ``on_after_optimizer_step``, ``on_train_end``), so the same loop
-drives prunelab's engine or INC. Hooks run once per optimizer step; ``step`` counts optimizer steps.
+Everything that changes training enters through ``callbacks``, a list of peers (the pruning engine,
+the distiller, INC's ``compression_manager.callbacks`` ...). Each may implement any of:
+
+- ``on_fit_start(trainer)``: once, before training (the distiller moves its teacher here);
+- INC 2.x's hooks ``on_train_begin()``, ``on_step_begin(step)``, ``on_before_optimizer_step()``,
+  ``on_after_optimizer_step()``, ``on_train_end()``, once per optimizer step (``step`` counts
+  optimizer steps);
+- ``extra_loss(outputs, batch, example_index) -> Tensor``: a term added to the task loss;
+- ``state_dict()`` / ``load_state_dict()``: saved in checkpoints and restored on resume.
 """
 from __future__ import annotations
 
 import math
+import signal
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -19,9 +26,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from prunelab.errors import RunInterrupted
 from prunelab.tasks.base import Task, TaskData
-from prunelab.train.batching import EXAMPLE_INDEX, IndexedCollator, IndexedDataset
+from prunelab.train.batching import EXAMPLE_INDEX, EpochShuffle, IndexedCollator, IndexedDataset
+from prunelab.train.checkpointing import CheckpointPolicy, LoopPosition, read_position
 from prunelab.train.evaluation import predict
+from prunelab.train.interrupts import StopOnSignal
 
 
 @dataclass
@@ -45,7 +55,7 @@ class TrainConfig:
 @dataclass
 class Evaluation:
     """One evaluation: ``metrics`` holds ``eval/<name>``, ``eval/loss`` (when the eval set has
-    targets) and ``train/loss`` (mean over the epoch's micro-batches)."""
+    targets) and ``train/loss`` (mean over the epoch's micro-batches, all processes)."""
 
     epoch: int
     step: int
@@ -66,8 +76,10 @@ class Trainer:
         train_loader = DataLoader(
             self.train_set,
             batch_size=config.per_device_train_batch_size,
-            shuffle=True,
+            sampler=EpochShuffle(len(self.train_set), config.seed),
             collate_fn=self.train_collator,
+            # Only for the loader's own base seed, which would otherwise be drawn from the global
+            # RNG that dropout uses (and shift dropout masks after a resume).
             generator=torch.Generator().manual_seed(config.seed),
         )
         eval_loader = DataLoader(data.eval, batch_size=config.per_device_eval_batch_size, collate_fn=data.collator)
@@ -86,36 +98,56 @@ class Trainer:
             num_warmup_steps=config.num_warmup_steps,
             num_training_steps=self.total_steps,
         )
+        self._registered = False
 
     def fit(
         self,
-        callbacks=None,
-        distiller=None,
+        callbacks: Sequence = (),
         on_evaluate: Callable[[Evaluation], None] | None = None,
+        checkpoints: CheckpointPolicy | None = None,
+        resume_from: Path | None = None,
+        stop: StopOnSignal | None = None,
     ) -> Evaluation:
         """Train for ``num_train_epochs``; returns the evaluation after the last epoch (taken after
-        ``on_train_end``, so it measures the final weights)."""
-        if distiller is not None:
-            ordered = DataLoader(self.train_set, batch_size=self.config.per_device_eval_batch_size,
-                                 collate_fn=self.train_collator)
-            distiller.prepare(self.accelerator, ordered)
-        if callbacks is not None:
-            callbacks.on_train_begin()
+        ``on_train_end``, so it measures the final weights).
+
+        checkpoints: when to write checkpoints; resume_from: a checkpoint directory to continue
+        from (same config); stop: the run's signal handler, deferred while a step runs so that a
+        SIGTERM ends the run after a checkpoint (raises ``RunInterrupted``).
+        """
+        callbacks = [c for c in callbacks if c is not None]
+        if checkpoints is not None or resume_from is not None:
+            self._register_for_checkpointing(callbacks)
+        position = LoopPosition()
+        if resume_from is not None:
+            self.accelerator.load_state(str(resume_from))
+            position = read_position(resume_from)
+        _call(callbacks, "on_fit_start", self)
+        _call(callbacks, "on_train_begin")
         progress = tqdm(
             total=self.total_steps,
+            initial=position.step,
             desc="train",
             disable=not (self.config.progress_bar and self.accelerator.is_local_main_process),
         )
-        step = 0
+        last_epoch = self.config.num_train_epochs - 1
         evaluation = None
-        for epoch in range(self.config.num_train_epochs):
-            step, train_loss = self._train_epoch(step, callbacks, distiller, progress)
-            if epoch == self.config.num_train_epochs - 1 and callbacks is not None:
-                callbacks.on_train_end()
-            evaluation = self.evaluate(epoch, step, train_loss)
-            if on_evaluate is not None:
-                on_evaluate(evaluation)
+        deferring = stop.deferred() if (stop is not None and checkpoints is not None) else nullcontext()
+        with deferring:
+            for epoch in range(position.epoch, self.config.num_train_epochs):
+                if epoch > position.epoch:
+                    position = LoopPosition(step=position.step, epoch=epoch)
+                position = self._train_epoch(position, callbacks, progress, checkpoints, stop)
+                if epoch == last_epoch:
+                    _call(callbacks, "on_train_end")
+                evaluation = self.evaluate(epoch, position.step, self._mean_loss(position.epoch_losses))
+                if on_evaluate is not None:
+                    on_evaluate(evaluation)
+                if checkpoints is not None and checkpoints.due(position.step, epoch_end=True):
+                    checkpoints.save(self.accelerator, LoopPosition(step=position.step, epoch=epoch + 1))
         progress.close()
+        if evaluation is None:  # resumed from a checkpoint written after the last epoch
+            evaluation = self.evaluate(last_epoch, position.step, float("nan"))
         return evaluation
 
     def evaluate(self, epoch: int, step: int, train_loss: float) -> Evaluation:
@@ -126,31 +158,47 @@ class Trainer:
         metrics["train/loss"] = train_loss
         return Evaluation(epoch=epoch, step=step, metrics=metrics, logits=logits)
 
-    def _train_epoch(self, step: int, callbacks, distiller, progress) -> tuple[int, float]:
+    def _train_epoch(self, position: LoopPosition, callbacks, progress, checkpoints, stop) -> LoopPosition:
         accumulation = self.config.gradient_accumulation_steps
         batches = len(self.train_loader)
-        losses = []
+        step, losses = position.step, list(position.epoch_losses)
+        loader = self.train_loader
+        if position.micro:
+            loader = self.accelerator.skip_first_batches(self.train_loader, position.micro)
+        loader.set_epoch(position.epoch)
         self.model.train()
-        for micro, batch in enumerate(self.train_loader):
+        for micro, batch in enumerate(loader, start=position.micro):
             opens_step = micro % accumulation == 0
             closes_step = (micro + 1) % accumulation == 0 or micro + 1 == batches
-            if opens_step and callbacks is not None:
-                callbacks.on_step_begin(step)
+            if opens_step:
+                _call(callbacks, "on_step_begin", step)
             example_index = batch.pop(EXAMPLE_INDEX)
             # Gradients of the micro-batches inside a step stay local (no all-reduce) until the last.
             with nullcontext() if closes_step else self.accelerator.no_sync(self.model):
                 outputs = self.model(**batch)
                 loss = outputs.loss
-                if distiller is not None:
-                    loss = loss + distiller.loss(outputs, batch, example_index)
+                for callback in callbacks:
+                    if hasattr(callback, "extra_loss"):
+                        loss = loss + callback.extra_loss(outputs, batch, example_index)
                 self.accelerator.backward(loss / accumulation)
             losses.append(loss.detach().float().item())
-            if closes_step:
-                self._optimizer_step(callbacks)
-                step += 1
-                progress.update(1)
-                progress.set_postfix(self._progress_fields(np.mean(losses[-accumulation:]), callbacks))
-        return step, float(np.mean(losses))
+            if not closes_step:
+                continue
+            self._optimizer_step(callbacks)
+            step += 1
+            progress.update(1)
+            progress.set_postfix(self._progress_fields(np.mean(losses[-accumulation:]), callbacks))
+            here = LoopPosition(step=step, epoch=position.epoch, micro=micro + 1, epoch_losses=losses)
+            if stop is not None and checkpoints is not None and self._stop_requested(stop):
+                saved = checkpoints.save(self.accelerator, here)
+                raise RunInterrupted(
+                    stop.signum,
+                    f"{signal.Signals(stop.signum).name} received: stopped at step {step} of {self.total_steps} "
+                    f"after writing checkpoint {saved}",
+                )
+            if checkpoints is not None and micro + 1 < batches and checkpoints.due(step, epoch_end=False):
+                checkpoints.save(self.accelerator, here)
+        return LoopPosition(step=step, epoch=position.epoch, micro=batches, epoch_losses=losses)
 
     def _optimizer_step(self, callbacks) -> None:
         # Pruning criteria read gradients: give them the true (unscaled) values under fp16
@@ -159,20 +207,42 @@ class Trainer:
             self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
         else:
             self.accelerator.unscale_gradients()
-        if callbacks is not None:
-            callbacks.on_before_optimizer_step()
+        _call(callbacks, "on_before_optimizer_step")
         self.optimizer.step()
-        if callbacks is not None:
-            callbacks.on_after_optimizer_step()
+        _call(callbacks, "on_after_optimizer_step")
         self.lr_scheduler.step()
         self.optimizer.zero_grad()
 
+    def _register_for_checkpointing(self, callbacks) -> None:
+        if self._registered:
+            return
+        stateful = [c for c in callbacks if hasattr(c, "state_dict") and hasattr(c, "load_state_dict")]
+        self.accelerator.register_for_checkpointing(self.lr_scheduler, *stateful)
+        self._registered = True
+
+    def _stop_requested(self, stop: StopOnSignal) -> bool:
+        """Whether any process got a signal: all of them must checkpoint and stop at the same step."""
+        flag = torch.tensor([float(stop.requested)], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def _mean_loss(self, losses: list[float]) -> float:
+        mean = torch.tensor([float(np.mean(losses)) if losses else float("nan")], device=self.accelerator.device)
+        return float(self.accelerator.reduce(mean, reduction="mean").item())
+
     def _progress_fields(self, loss: float, callbacks) -> dict[str, str]:
         fields = {"loss": f"{loss:.4f}", "lr": f"{self.lr_scheduler.get_last_lr()[0]:.2e}"}
-        sparsity = getattr(callbacks, "current_sparsity", None)
-        if sparsity is not None:
-            fields["sparsity"] = f"{sparsity:.3f}"
+        for callback in callbacks:
+            sparsity = getattr(callback, "current_sparsity", None)
+            if sparsity is not None:
+                fields["sparsity"] = f"{sparsity:.3f}"
         return fields
+
+
+def _call(callbacks, hook: str, *args) -> None:
+    for callback in callbacks:
+        method = getattr(callback, hook, None)
+        if method is not None:
+            method(*args)
 
 
 def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

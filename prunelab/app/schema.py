@@ -1,0 +1,260 @@
+"""The typed schema of a composed run config, checked before anything heavy loads.
+
+``check_config(cfg)`` resolves the composed config and checks it whole:
+- top-level keys against ``RunSchema`` (unknown keys, also ``+key=...``, and wrong types fail);
+- every group node with a ``_target_`` (model, task, scheduler, distill) against the signature of
+  its target (unknown keys and plain type mismatches fail);
+- ranges and combinations: settings that would have no effect are errors, not silently ignored.
+The pruning engine's own keys (``pruning.*``) are checked by ``prunelab.sparsity.parse_config``
+in ``prunelab.app.stages``. Every error is one ``ConfigError`` line naming the key.
+Defaults and one-line comments live in ``conf/config.yaml``; this file holds the types.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra.utils import get_object
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException, ValidationError
+from transformers import SchedulerType
+
+from prunelab.app.config import to_input_path
+from prunelab.errors import ConfigError
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+LR_SCHEDULERS = tuple(kind.value for kind in SchedulerType)
+
+# Flags of the reference scripts (optimum-intel, INC examples) that users will type: where each went.
+FOREIGN_KEYS = {
+    "apply_pruning": "use do_prune=true|false",
+    "apply_distillation": "use distill=kd",
+    "apply_quantization": "quantization is not part of prunelab yet",
+    "quantization_approach": "quantization is not part of prunelab yet",
+    "num_calibration_samples": "quantization is not part of prunelab yet",
+    "generate_teacher_logits": "use distill.precompute=true",
+    "teacher_model_name_or_path": "use distill.teacher=<dir>",
+    "model_name_or_path": "use model.name_or_path=<hub id or dir> (or model=<preset>)",
+    "task_name": "use task=<name>",
+    "output_dir": "use hydra.run.dir=<dir>",
+    "max_seq_length": "use max_length (SQuAD: task.max_seq_length)",
+    "do_train": "every run trains; there is no switch",
+    "do_eval": "every run evaluates each epoch; there is no switch",
+    "target_sparsity_ratio": "use target_sparsity",
+}
+
+
+@dataclass
+class RunSchema:
+    """Types of the top-level keys of ``conf/config.yaml`` (meanings: comments there)."""
+
+    model: Any = MISSING
+    task: Any = MISSING
+    scheduler: Any = MISSING
+    distill: Any = MISSING
+    pruning: Any = MISSING
+    do_prune: bool = MISSING
+    target_sparsity: float = MISSING
+    seed: int = MISSING
+    data_root: Optional[str] = MISSING
+    max_train_samples: Optional[int] = MISSING
+    max_eval_samples: Optional[int] = MISSING
+    max_length: int = MISSING
+    learning_rate: float = MISSING
+    num_train_epochs: int = MISSING
+    per_device_train_batch_size: int = MISSING
+    per_device_eval_batch_size: int = MISSING
+    gradient_accumulation_steps: int = MISSING
+    weight_decay: float = MISSING
+    adam_betas: List[float] = MISSING
+    lr_scheduler_type: str = MISSING
+    num_warmup_steps: int = MISSING
+    max_grad_norm: Optional[float] = MISSING
+    mixed_precision: str = MISSING
+    sparsity_warm_epochs: float = MISSING
+    cooldown_epochs: float = MISSING
+    pruning_frequency: Optional[int] = MISSING
+    progressive: bool = MISSING
+    distill_loss_weight: Optional[float] = MISSING
+    pruning_config: Optional[str] = MISSING
+    checkpointing_steps: Optional[str] = MISSING  # "epoch" or a whole number: parsed below
+    checkpoints_to_keep: int = MISSING
+    resume_from_checkpoint: Optional[str] = MISSING
+    overwrite_output_dir: bool = MISSING
+    save_model: bool = MISSING
+    verify_loading: bool = MISSING
+    progress_bar: bool = MISSING
+    lookup: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+_GROUPS = ("model", "task", "scheduler", "distill")
+# Keys the run passes to a group's target itself (so a config file must not set them).
+_RUNTIME_KEYS = {
+    "task": {"data_root", "max_length", "max_train_samples", "max_eval_samples", "seed"},
+    "distill": {"task", "student"},
+}
+
+
+def check_config(cfg: DictConfig) -> DictConfig:
+    """The composed config resolved and typed; ``ConfigError`` naming the first bad key."""
+    plain = _resolve(cfg)
+    unknown = [key for key in plain if key not in RunSchema.__dataclass_fields__]
+    if unknown:
+        raise ConfigError(_unknown_key(unknown[0], plain[unknown[0]]))
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(RunSchema), plain)
+    except ValidationError as error:
+        raise ConfigError(_type_error(error)) from None
+    for group in _GROUPS:
+        _check_group(group, typed[group])
+    _check_values(typed, plain)
+    return typed
+
+
+def checkpoint_every(value: str | None) -> str | int | None:
+    """``checkpointing_steps`` as the loop takes it: "epoch", a positive int, or None."""
+    if value is None or value == "epoch":
+        return value
+    if str(value).isdigit() and int(value) > 0:
+        return int(value)
+    raise ConfigError(f"checkpointing_steps={value}: give epoch, a positive number of optimizer steps, or null")
+
+
+def _resolve(cfg: DictConfig) -> dict:
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as error:
+        cause = error.__cause__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        key = getattr(error, "full_key", None)
+        raise ConfigError(f"{key}: {' '.join(str(error).splitlines()[0].split())}") from None
+
+
+def _unknown_key(key: str, value: Any) -> str:
+    hint = FOREIGN_KEYS.get(key)
+    if hint is None:
+        close = difflib.get_close_matches(key, RunSchema.__dataclass_fields__, n=1)
+        hint = f"did you mean {close[0]}?" if close else "see conf/config.yaml for the keys a run has"
+    return f"{key}={value}: no such key ({hint})"
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _type_error(error: ValidationError) -> str:
+    key = error.full_key
+    hint = typing.get_type_hints(RunSchema).get(key.split(".")[0], Any)
+    optional = type(None) in typing.get_args(hint)
+    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+    word = _TYPE_WORDS.get(base, "a list" if typing.get_origin(base) in (list, List) else "a mapping")
+    return f"{key}={error.value!r}: must be {word}{' or null' if optional else ''}"
+
+
+def _check_group(group: str, node: Any) -> None:
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node)
+    if not isinstance(node, dict) or "_target_" not in node:
+        return
+    target = node["_target_"]
+    try:
+        factory = get_object(target)
+    except Exception as error:  # an import error of the target is a broken config file
+        raise ConfigError(f"{group}._target_={target}: cannot be imported ({type(error).__name__})") from None
+    signature = inspect.signature(factory)
+    hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
+    runtime = _RUNTIME_KEYS.get(group, set())
+    allowed = [name for name in signature.parameters if name not in runtime]
+    for key, value in node.items():
+        if key in ("_target_", "_partial_"):
+            continue
+        if key not in allowed:
+            raise ConfigError(f"{group}.{key}={value}: no such key for this {group} option; allowed: {', '.join(allowed)}")
+        hint = hints.get(key)
+        if hint is not None and not _matches(value, hint):
+            raise ConfigError(f"{group}.{key}={value!r}: must be {_describe_hint(hint)}")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint in (str, bool):
+        return isinstance(value, hint)
+    if origin in (list, tuple) or hint in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True  # richer annotations are the target's own business
+
+
+def _describe_hint(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe_hint(arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    return _TYPE_WORDS.get(hint, "a list" if typing.get_origin(hint) in (list, tuple) else str(hint))
+
+
+def _check_values(cfg: DictConfig, given: dict) -> None:
+    """Ranges and combinations; messages show values as given (``-1``, not the typed ``-1.0``)."""
+    if cfg.do_prune and not 0.0 <= cfg.target_sparsity < 1.0:
+        raise ConfigError(f"target_sparsity={given['target_sparsity']}: must be in [0, 1) (fraction of weights zeroed)")
+    for key in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
+                "gradient_accumulation_steps", "max_length", "checkpoints_to_keep"):
+        if cfg[key] < 1:
+            raise ConfigError(f"{key}={given[key]}: must be a positive integer")
+    for key in ("sparsity_warm_epochs", "cooldown_epochs", "learning_rate", "weight_decay", "num_warmup_steps"):
+        if cfg[key] < 0:
+            raise ConfigError(f"{key}={given[key]}: must be >= 0")
+    for key in ("max_train_samples", "max_eval_samples", "pruning_frequency"):
+        if cfg[key] is not None and cfg[key] < 1:
+            raise ConfigError(f"{key}={given[key]}: must be a positive integer or null")
+    if len(cfg.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.adam_betas):
+        raise ConfigError(f"adam_betas={given['adam_betas']}: give [beta1, beta2], each in [0, 1)")
+    if cfg.data_root is not None and not Path(to_input_path(cfg.data_root)).is_dir():
+        raise ConfigError(f"data_root={given['data_root']}: directory not found (unset it to use the HuggingFace hub)")
+    if cfg.lr_scheduler_type not in LR_SCHEDULERS:
+        raise ConfigError(f"lr_scheduler_type={given['lr_scheduler_type']}: allowed {list(LR_SCHEDULERS)}")
+    if cfg.mixed_precision not in MIXED_PRECISION:
+        raise ConfigError(f"mixed_precision={given['mixed_precision']}: allowed {list(MIXED_PRECISION)}")
+    checkpoint_every(cfg.checkpointing_steps)
+    if cfg.resume_from_checkpoint is not None and cfg.overwrite_output_dir:
+        raise ConfigError(
+            f"overwrite_output_dir=true with resume_from_checkpoint={given['resume_from_checkpoint']}: "
+            "a resumed run continues its run directory; drop one of the two"
+        )
+    _check_no_effect(cfg, given)
+
+
+def _check_no_effect(cfg: DictConfig, given: dict) -> None:
+    """Settings that the chosen options would silently ignore."""
+    distilling = cfg.distill is not None and "_target_" in cfg.distill and cfg.distill._target_.endswith("KnowledgeDistiller")
+    if cfg.distill_loss_weight is not None and not distilling:
+        raise ConfigError(
+            f"distill_loss_weight={given['distill_loss_weight']}: has no effect without distillation; add distill=kd"
+        )
+    if cfg.pruning_config is not None and not cfg.do_prune:
+        raise ConfigError(f"pruning_config={given['pruning_config']}: has no effect with do_prune=false")
+    oneshot = cfg.scheduler._target_.endswith("OneShotSchedule")
+    if cfg.do_prune and oneshot and cfg.pruning_frequency is not None:
+        raise ConfigError(f"pruning_frequency={given['pruning_frequency']}: has no effect with scheduler=oneshot (one update)")
+    if cfg.do_prune and oneshot and cfg.cooldown_epochs:
+        raise ConfigError(
+            f"cooldown_epochs={given['cooldown_epochs']}: has no effect with scheduler=oneshot "
+            "(all training after the one update is at the final masks)"
+        )

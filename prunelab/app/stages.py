@@ -1,0 +1,239 @@
+"""The named stages of one run, in order:
+
+    setup_model -> setup_data -> setup_callbacks -> fit -> post_training -> save
+
+Each takes the ``RunState`` built so far and adds what it makes. Training changes (pruning,
+distillation) are callbacks of the training loop, set up here as peers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import prunelab
+from prunelab.app.config import build, to_input_path
+from prunelab.app.inc_recipe import read_pruning_config
+from prunelab.app.schema import checkpoint_every
+from prunelab.errors import ConfigError
+from prunelab.outputs import METRICS, RunSummary, append_jsonl, save_model
+from prunelab.train.checkpointing import CHECKPOINTS, CheckpointPolicy
+from prunelab.train.evaluation import predict
+from prunelab.train.interrupts import StopOnSignal
+from prunelab.train.loop import Evaluation, Trainer, TrainConfig
+from prunelab.train.pruning_window import PruningSteps
+
+# Reloaded-model logits must match the trained model's to this tolerance (float32 eval).
+VERIFY_ATOL = 1e-4
+# Engine step keys the scheduler derives from the pruning window unless the config gives them.
+STEP_KEYS = ("start_step", "end_step", "pruning_frequency", "sparsity_decay_type")
+# Window keys that say the same as the step keys (and so cannot be set together with them).
+WINDOW_KEYS = {"start_step": "sparsity_warm_epochs", "end_step": "cooldown_epochs", "pruning_frequency": "pruning_frequency"}
+# Steps per epoch assumed when the pruning config is checked before the data is loaded.
+PLACEHOLDER_STEPS_PER_EPOCH = 1000
+
+
+@dataclass
+class RunState:
+    """What the stages share; each stage fills in its part."""
+
+    cfg: DictConfig
+    out: Path
+    accelerator: Any
+    summary: RunSummary
+    stop: StopOnSignal
+    resume_from: Path | None = None
+    source: Any = None
+    tokenizer: Any = None
+    task: Any = None
+    data: Any = None
+    model: Any = None
+    trainer: Trainer | None = None
+    callbacks: list = field(default_factory=list)
+    pruning: Any = None
+    measurement: Any = None
+    final: Evaluation | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def pruning_keys(cfg: DictConfig) -> dict:
+    """``cfg.pruning`` with the keys of ``pruning_config`` (an INC recipe file) on top."""
+    keys = OmegaConf.to_container(cfg.pruning, resolve=True)
+    if cfg.pruning_config is not None:
+        keys.update(read_pruning_config(to_input_path(cfg.pruning_config)))
+    return keys
+
+
+def engine_config(cfg: DictConfig, steps_per_epoch: int) -> dict:
+    """The pruning engine's config: the pruning keys, plus the step keys the scheduler derives
+    from the pruning window where the config does not give them itself."""
+    keys = pruning_keys(cfg)
+    given = [key for key in STEP_KEYS if key in keys]
+    defaults = {"sparsity_warm_epochs": 0, "cooldown_epochs": 0, "pruning_frequency": None}
+    for key in given:
+        window = WINDOW_KEYS.get(key)
+        if window is not None and cfg[window] != defaults[window]:
+            raise ConfigError(
+                f"pruning.{key}={keys[key]} and {window}={cfg[window]} both say when pruning happens; keep one"
+            )
+    steps = PruningSteps(steps_per_epoch, cfg.num_train_epochs, cfg.sparsity_warm_epochs, cfg.cooldown_epochs)
+    derived = build(cfg.scheduler).engine_keys(steps, cfg.pruning_frequency) if len(given) < len(STEP_KEYS) else {}
+    return {**keys, **{k: v for k, v in derived.items() if k not in given}}
+
+
+def check_pruning(cfg: DictConfig) -> None:
+    """The engine's keys checked before any model or data loads (steps per epoch not yet known)."""
+    if cfg.do_prune:
+        try:
+            prunelab.sparsity.parse_config(engine_config(cfg, PLACEHOLDER_STEPS_PER_EPOCH))
+        except ValueError as error:
+            if isinstance(error, ConfigError):
+                raise
+            raise ConfigError(f"pruning: {error}") from None
+
+
+def setup_model(state: RunState) -> None:
+    state.source = build(state.cfg.model)
+    state.summary.update(model_name_or_path=state.source.source)
+    state.tokenizer = state.source.load_tokenizer()
+
+
+def setup_data(state: RunState) -> None:
+    cfg = state.cfg
+    state.task = build(
+        cfg.task,
+        data_root=to_input_path(cfg.data_root) if cfg.data_root else None,
+        max_length=cfg.max_length,
+        max_train_samples=cfg.max_train_samples,
+        max_eval_samples=cfg.max_eval_samples,
+        seed=cfg.seed,
+    )
+    state.summary.update(task=state.task.name, task_family=state.task.family, main_metric=f"eval/{state.task.main_metric}")
+    with state.accelerator.main_process_first():
+        state.data = state.task.load(state.tokenizer)
+    state.summary.write(notes=[*state.summary.fields["notes"], *state.data.notes])
+
+
+def setup_callbacks(state: RunState) -> None:
+    """The model and the training loop with its callbacks: the distiller and the pruning engine."""
+    cfg, task = state.cfg, state.task
+    state.model = state.source.load_model(task.auto_model_class(), **task.model_kwargs())
+    # The default teacher is the starting model, so it is copied before any pruning touches it.
+    distiller = build(cfg.distill)(task=task, student=state.model)
+    state.trainer = Trainer(state.model, task, state.data, _train_config(cfg), state.accelerator)
+    config = engine_config(cfg, state.trainer.steps_per_epoch)
+    state.pruning = _prepare_pruning(config, state.model) if cfg.do_prune else None
+    state.measurement = state.pruning or _dense_measurement(config, state.model)
+    state.callbacks = [c for c in (distiller, state.pruning) if c is not None]
+
+
+def fit(state: RunState) -> None:
+    cfg, out, accelerator = state.cfg, state.out, state.accelerator
+    every = checkpoint_every(cfg.checkpointing_steps)
+    policy = CheckpointPolicy(out / CHECKPOINTS, every, cfg.checkpoints_to_keep) if every is not None else None
+
+    def log_evaluation(evaluation: Evaluation) -> None:
+        if state.pruning is not None:
+            _check_masks_agree(accelerator, state.pruning)
+        if accelerator.is_main_process:
+            record = {"epoch": evaluation.epoch, "step": evaluation.step, **evaluation.metrics}
+            record["sparsity"] = state.measurement.report()["pruned_ops_sparsity"]
+            append_jsonl(out / METRICS, record)
+
+    state.final = state.trainer.fit(
+        callbacks=state.callbacks, on_evaluate=log_evaluation, checkpoints=policy,
+        resume_from=state.resume_from, stop=state.stop,
+    )
+
+
+def post_training(state: RunState) -> None:
+    """Final metrics and the measured sparsity into the summary; task prediction files."""
+    main = f"eval/{state.task.main_metric}"
+    metrics = state.final.metrics
+    state.metrics = {main: metrics[main], **{k: v for k, v in metrics.items() if k.startswith("eval/") and k not in (main, "eval/loss")}}
+    state.summary.write(metrics=state.metrics, sparsity=state.measurement.report())
+    if state.accelerator.is_main_process:
+        state.task.write_predictions(state.final.logits, state.data, state.out)
+
+
+def save(state: RunState) -> None:
+    """The model, saved by the main process alone (no collective call: the others would hang)."""
+    cfg = state.cfg
+    if cfg.save_model and state.accelerator.is_main_process:
+        verify = _logit_check(state) if cfg.verify_loading else None
+        save_model(state.accelerator.unwrap_model(state.trainer.model), state.tokenizer, state.out, verify)
+    state.accelerator.wait_for_everyone()
+
+
+STAGES = (setup_model, setup_data, setup_callbacks, fit, post_training, save)
+
+
+def _prepare_pruning(config: dict, model):
+    try:
+        return prunelab.prepare_pruning(model, config)
+    except ValueError as error:
+        raise ConfigError(f"pruning: {error}") from error
+
+
+def _dense_measurement(config: dict, model):
+    """For dense runs: an engine over the same ops with nothing to prune, whose ``report()`` counts
+    zeros exactly as a pruning run's does (no hook is ever called, so the model is untouched)."""
+    # magnitude needs no gradients, so the one-shot/step checks of gradient criteria cannot trip.
+    targetless = {"target_sparsity": 0.0, "min_sparsity_ratio_per_op": 0.0, "pruning_type": "magnitude"}
+    groups = [{**group, **targetless} for group in config.get("pruning_configs", [])]
+    return _prepare_pruning({**config, **targetless, "pruning_configs": groups}, model)
+
+
+def _check_masks_agree(accelerator, pruning) -> None:
+    """With several processes, every one must hold the same masks (the same all-reduced gradients
+    give the same scores); a difference means the replicas train different models."""
+    if accelerator.num_processes == 1:
+        return
+    masks = [op["mask"].flatten().double() for group in pruning.state_dict()["groups"] for op in group["ops"].values()]
+    fingerprint = torch.stack([(mask * torch.arange(1, mask.numel() + 1, dtype=torch.float64)).sum() for mask in masks])
+    every = accelerator.gather(fingerprint.to(accelerator.device).unsqueeze(0)).cpu()
+    if not torch.equal(every, every[:1].expand_as(every)):
+        raise RuntimeError("pruning masks differ between processes: the data-parallel replicas have diverged")
+
+
+def _logit_check(state: RunState):
+    """Reload a saved model directory and compare its eval logits with the trained model's, on
+    this process alone: the eval loader here is not sharded and nothing is gathered."""
+    trainer, final = state.trainer, state.final
+    loader = torch.utils.data.DataLoader(
+        state.data.eval, batch_size=trainer.config.per_device_eval_batch_size, collate_fn=state.data.collator
+    )
+
+    def verify(directory: Path) -> None:
+        reloaded = trainer.task.auto_model_class().from_pretrained(directory).to(trainer.accelerator.device)
+        logits, _ = predict(reloaded, loader, trainer.task, device=trainer.accelerator.device)
+        for saved, trained in zip(logits, final.logits):
+            gap = float(np.max(np.abs(saved - trained))) if saved.size else 0.0
+            if saved.shape != trained.shape or gap > VERIFY_ATOL:
+                raise RuntimeError(
+                    f"verify_loading: the reloaded model's eval logits differ from the trained model's "
+                    f"(max |diff| {gap:.2e}, shapes {saved.shape} vs {trained.shape}); model left in {directory}"
+                )
+
+    return verify
+
+
+def _train_config(cfg: DictConfig) -> TrainConfig:
+    return TrainConfig(
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_train_epochs,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
+        weight_decay=cfg.weight_decay,
+        adam_betas=tuple(cfg.adam_betas),
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        num_warmup_steps=cfg.num_warmup_steps,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        max_grad_norm=cfg.max_grad_norm,
+        seed=cfg.seed,
+        progress_bar=cfg.progress_bar,
+    )

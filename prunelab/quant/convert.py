@@ -1,0 +1,91 @@
+"""From a torch model to an int8 OpenVINO graph, one function per approach.
+
+``dynamic`` and ``static`` work on a CPU copy of the model (the caller's model is never touched);
+``qat`` exports the model prepared with ``prepare_qat`` as trained (also from a copy).
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from prunelab.errors import ConfigError
+from prunelab.quant import backend
+from prunelab.quant.config import TARGET_KEYS
+from prunelab.quant.qat import attach_fake_quant, fake_quant_modules
+
+
+def model_inputs(batch: Mapping, key: str = "batch") -> dict[str, torch.Tensor]:
+    """The tensors of ``batch`` the model takes (training targets dropped), on the CPU."""
+    if not isinstance(batch, Mapping):
+        raise ConfigError(f"{key}: expected a mapping of input name -> tensor (a tokenizer batch), got {type(batch).__name__}")
+    inputs = {}
+    for name, value in batch.items():
+        if name in TARGET_KEYS:
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise ConfigError(f"{key}[{name!r}]: expected a tensor, got {type(value).__name__}")
+        inputs[name] = value.detach().cpu()
+    if not inputs:
+        raise ConfigError(f"{key}: has no model input (only {sorted(batch)})")
+    return inputs
+
+
+def take_samples(batches: Iterable[Mapping], limit: int | None) -> list[dict[str, torch.Tensor]]:
+    """Input batches holding ``limit`` examples in all (the last one cut), or every batch."""
+    taken, count = [], 0
+    for index, batch in enumerate(batches):
+        if limit is not None and count >= limit:
+            break
+        inputs = model_inputs(batch, f"calibration_batches[{index}]")
+        size = next(iter(inputs.values())).shape[0]
+        if limit is not None and count + size > limit:
+            inputs = {name: tensor[: limit - count] for name, tensor in inputs.items()}
+            size = limit - count
+        taken.append(inputs)
+        count += size
+    return taken
+
+
+def _cpu_copy(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model).cpu().eval()
+
+
+def dynamic(model: nn.Module, example: Mapping[str, torch.Tensor], op_names, excluded_op_names):
+    """int8 weights; the CPU plugin quantizes each Linear's input at run time."""
+    work = _cpu_copy(model)
+    names = attach_fake_quant(work, quantize_inputs=False, observer="off", op_names=op_names, excluded_op_names=excluded_op_names)
+    return backend.convert(work, example), names
+
+
+def static(model: nn.Module, calibration: list[dict[str, torch.Tensor]], op_names, excluded_op_names):
+    """int8 weights and inputs; input ranges are the min/max over the calibration batches."""
+    work = _cpu_copy(model)
+    names = attach_fake_quant(work, quantize_inputs=True, observer="minmax", op_names=op_names, excluded_op_names=excluded_op_names)
+    with torch.no_grad():
+        for inputs in calibration:
+            work(**inputs)
+    unseen = [name for name, module in fake_quant_modules(work) if not bool(module.act_observed)]
+    if unseen:
+        raise ConfigError(f"calibration_batches: the calibration forward passes never reached {unseen[:5]}")
+    for _, module in fake_quant_modules(work):
+        module.observer = "off"
+    return backend.convert(work, calibration[0]), names
+
+
+def qat(model: nn.Module, example: Mapping[str, torch.Tensor]):
+    """The QAT model as trained: int8 weights, inputs on the ranges learned in training."""
+    modules = fake_quant_modules(model)
+    if not modules:
+        raise ConfigError("approach='qat': the model was not prepared with prepare_qat(model) before fine-tuning")
+    unseen = [name for name, module in modules if not bool(module.act_observed)]
+    if unseen:
+        raise ConfigError(
+            f"approach='qat': {len(unseen)} layer(s) never saw a training forward pass, so they have no input range "
+            f"(first: {unseen[0]}); train at least one step after prepare_qat(model)"
+        )
+    work = _cpu_copy(model)
+    return backend.convert(work, example), [name for name, _ in modules]
+

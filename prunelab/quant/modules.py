@@ -1,0 +1,84 @@
+"""``FakeQuantLinear``: an ``nn.Linear`` that computes with int8-rounded weights (and inputs).
+
+A Linear becomes one *in place*: its class is swapped (as ``torch.nn.utils.parametrize`` does) and
+three buffers are added. The module object, its name, its ``weight``/``bias`` Parameter objects and
+any hooks stay the same, so everything that holds them keeps working whatever the order of
+set-up: the pruning engine (it selects ``nn.Linear`` and subclasses, masks ``module.weight`` in
+place), the optimizer, checkpoints, accelerate. ``restore_linear`` swaps back.
+
+Activation ranges are observed in one of three ways (``observer``):
+``"ema"`` (QAT: moving average of batch min/max while ``training``), ``"minmax"`` (static
+calibration: running min/max over every batch seen, train or eval) and ``"off"`` (frozen).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from prunelab.quant.grid import fake_quantize_activation, fake_quantize_weight
+
+OBSERVERS = ("ema", "minmax", "off")
+_BUFFERS = ("act_low", "act_high", "act_observed")
+
+
+class FakeQuantLinear(nn.Linear):
+    """Created only by ``to_fake_quant`` from an existing ``nn.Linear`` (never constructed)."""
+
+    quantize_inputs: bool
+    observer: str
+    ema_momentum: float
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quantize_inputs:
+            self._observe(x)
+            if bool(self.act_observed):
+                x = fake_quantize_activation(x, self.act_low, self.act_high)
+        return F.linear(x, fake_quantize_weight(self.weight), self.bias)
+
+    @torch.no_grad()
+    def _observe(self, x: torch.Tensor) -> None:
+        if self.observer == "off" or (self.observer == "ema" and not self.training):
+            return
+        low, high = x.detach().min().float(), x.detach().max().float()
+        if not bool(self.act_observed):
+            self.act_low.copy_(low)
+            self.act_high.copy_(high)
+            self.act_observed.fill_(True)
+        elif self.observer == "minmax":
+            self.act_low.copy_(torch.minimum(self.act_low, low))
+            self.act_high.copy_(torch.maximum(self.act_high, high))
+        else:
+            self.act_low.add_(self.ema_momentum * (low - self.act_low))
+            self.act_high.add_(self.ema_momentum * (high - self.act_high))
+
+    def extra_repr(self) -> str:
+        inputs = f"inputs=uint8/{self.observer}" if self.quantize_inputs else "inputs=float"
+        return f"{super().extra_repr()}, weight=int8/per-channel, {inputs}"
+
+
+def to_fake_quant(linear: nn.Linear, *, quantize_inputs: bool, observer: str, ema_momentum: float = 0.01) -> FakeQuantLinear:
+    """Turn ``linear`` (exactly ``nn.Linear``) into a ``FakeQuantLinear`` in place and return it."""
+    if type(linear) is not nn.Linear:
+        raise TypeError(f"only nn.Linear modules become FakeQuantLinear, got {type(linear).__name__}")
+    if observer not in OBSERVERS:
+        raise ValueError(f"observer={observer!r}: expected one of {', '.join(OBSERVERS)}")
+    device = linear.weight.device
+    linear.__class__ = FakeQuantLinear
+    linear.quantize_inputs = quantize_inputs
+    linear.observer = observer
+    linear.ema_momentum = ema_momentum
+    linear.register_buffer("act_low", torch.zeros((), device=device))
+    linear.register_buffer("act_high", torch.zeros((), device=device))
+    linear.register_buffer("act_observed", torch.zeros((), dtype=torch.bool, device=device))
+    return linear
+
+
+def restore_linear(module: FakeQuantLinear) -> nn.Linear:
+    """Undo ``to_fake_quant`` in place: a plain ``nn.Linear`` with the same Parameters."""
+    for name in _BUFFERS:
+        delattr(module, name)
+    for name in ("quantize_inputs", "observer", "ema_momentum"):
+        module.__dict__.pop(name, None)
+    module.__class__ = nn.Linear
+    return module

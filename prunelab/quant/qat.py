@@ -1,0 +1,104 @@
+"""Which Linear layers are quantized, and quantization-aware training set-up and tear-down.
+
+``prepare_qat(model)`` turns the selected ``nn.Linear`` modules into ``FakeQuantLinear`` in place
+(same module objects, same Parameters): fine-tuning then sees int8-rounded weights and inputs.
+It works before or after ``prunelab.sparsity.prepare_pruning`` and before or after the optimizer
+is built; the documented order is prepare_qat -> prepare_pruning -> optimizer.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from torch import nn
+
+from prunelab.errors import ConfigError
+from prunelab.quant.config import check_regexes
+from prunelab.quant.modules import FakeQuantLinear, restore_linear, to_fake_quant
+
+
+def select_linears(
+    model: nn.Module, op_names: Sequence[str] = (), excluded_op_names: Sequence[str] = ()
+) -> list[tuple[str, nn.Linear]]:
+    """``(name, module)`` of every plain ``nn.Linear`` whose name matches (the pruning engine's
+    rule: an ``op_names`` regex is found in it, an empty list matches all, and no
+    ``excluded_op_names`` regex is)."""
+    include = [re.compile(p) for p in check_regexes("op_names", op_names)] or [re.compile("")]
+    exclude = [re.compile(p) for p in check_regexes("excluded_op_names", excluded_op_names)]
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if type(module) is nn.Linear
+        and any(p.search(name) for p in include)
+        and not any(p.search(name) for p in exclude)
+    ]
+
+
+def fake_quant_modules(model: nn.Module) -> list[tuple[str, FakeQuantLinear]]:
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, FakeQuantLinear)]
+
+
+def attach_fake_quant(
+    model: nn.Module,
+    *,
+    quantize_inputs: bool,
+    observer: str,
+    op_names: Sequence[str] = (),
+    excluded_op_names: Sequence[str] = (),
+    ema_momentum: float = 0.01,
+) -> list[str]:
+    """Make the selected Linear layers fake-quantized in place; returns their names."""
+    if fake_quant_modules(model):
+        raise ConfigError(
+            "model: it already carries FakeQuantLinear modules (prepare_qat was called); "
+            "call strip_qat(model) first or use approach='qat'"
+        )
+    chosen = select_linears(model, op_names, excluded_op_names)
+    if not chosen:
+        raise ConfigError(
+            f"op_names={list(op_names)}, excluded_op_names={list(excluded_op_names)}: no nn.Linear of the model "
+            "matches, nothing would be quantized"
+        )
+    for _, module in chosen:
+        to_fake_quant(module, quantize_inputs=quantize_inputs, observer=observer, ema_momentum=ema_momentum)
+    return [name for name, _ in chosen]
+
+
+def prepare_qat(
+    model: nn.Module,
+    *,
+    op_names: Sequence[str] = (),
+    excluded_op_names: Sequence[str] = (),
+    ema_momentum: float = 0.01,
+) -> nn.Module:
+    """Prepare ``model`` for quantization-aware training, in place; returns ``model``.
+
+    Every selected Linear computes with int8-rounded weights (symmetric per output channel) and
+    uint8-rounded inputs whose range is a moving average (``ema_momentum`` per training forward)
+    of batch min/max. Gradients pass straight through the rounding. Pruned (zero) weights round
+    to exactly zero, so the pruning engine's masks hold. ``quantize(model, "qat")`` then
+    converts it to int8 with exactly the rounding trained with.
+    """
+    if not 0.0 < ema_momentum <= 1.0:
+        raise ConfigError(f"ema_momentum={ema_momentum!r}: must be in (0, 1]")
+    attach_fake_quant(
+        model,
+        quantize_inputs=True,
+        observer="ema",
+        op_names=op_names,
+        excluded_op_names=excluded_op_names,
+        ema_momentum=ema_momentum,
+    )
+    return model
+
+
+def strip_qat(model: nn.Module) -> nn.Module:
+    """Turn every ``FakeQuantLinear`` back into ``nn.Linear`` in place (same Parameters), e.g. to
+    ``save_pretrained`` the float model without the QAT range buffers; returns ``model``."""
+    for _, module in fake_quant_modules(model):
+        restore_linear(module)
+    return model
+
+
+def is_qat_prepared(model: nn.Module) -> bool:
+    return bool(fake_quant_modules(model))

@@ -1,0 +1,75 @@
+"""The composed config is typed and checked whole before anything loads: unknown keys, wrong types
+and settings that would have no effect fail with one line naming the key."""
+import pytest
+
+from prunelab.app.schema import check_config
+from prunelab.app.stages import check_pruning, engine_config
+from prunelab.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["target_sparsity=abc"], "target_sparsity='abc': must be a number"),
+        (["seed=abc"], "seed='abc': must be an integer"),
+        (["learning_rate=abc"], "learning_rate='abc': must be a number"),
+        (["max_train_samples=abc"], "max_train_samples='abc': must be an integer or null"),
+        (["do_prune=maybe"], "do_prune='maybe': must be true or false"),
+        (["+apply_quantization=true"], "apply_quantization=True: no such key (quantization is not part of prunelab yet)"),
+        (["+learning_rat=1e-3"], "learning_rat=0.001: no such key (did you mean learning_rate?)"),
+        (["+model.depth=3"], "model.depth=3: no such key for this model option; allowed: name, hidden_size, "
+                             "num_hidden_layers, num_attention_heads, intermediate_size, max_position_embeddings, tokenizer"),
+        (["model.hidden_size=wide"], "model.hidden_size='wide': must be an integer"),
+        (["+task.max_length=12"], "task.max_length=12: no such key for this task option; allowed: name, text_fields, "
+                                  "num_labels, metrics, main_metric, local, hub_config, hub_dataset, eval_split, label_names"),
+        (["distill_loss_weight=4.5"], "distill_loss_weight=4.5: has no effect without distillation; add distill=kd"),
+        (["scheduler=oneshot", "pruning_frequency=10"],
+         "pruning_frequency=10: has no effect with scheduler=oneshot (one update)"),
+        (["checkpointing_steps=often"], "checkpointing_steps=often: give epoch, a positive number of optimizer steps, or null"),
+        (["checkpointing_steps=0"], "checkpointing_steps=0: give epoch, a positive number of optimizer steps, or null"),
+        (["resume_from_checkpoint=auto", "overwrite_output_dir=true"],
+         "overwrite_output_dir=true with resume_from_checkpoint=auto: a resumed run continues its run directory; "
+         "drop one of the two"),
+        (["adam_betas=[0.9]"], "adam_betas=[0.9]: give [beta1, beta2], each in [0, 1)"),
+        (["do_prune=false", "pruning_config=recipe.yaml"], "pruning_config=recipe.yaml: has no effect with do_prune=false"),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_key(make_config, overrides, message):
+    with pytest.raises(ConfigError) as caught:
+        check_config(make_config(*overrides))
+    assert str(caught.value) == message
+
+
+def test_types_are_converted_and_kept(make_config):
+    cfg = check_config(make_config("learning_rate=1", "sparsity_warm_epochs=1", "checkpointing_steps=25"))
+    assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float)
+    assert cfg.checkpointing_steps == "25"
+
+
+@pytest.mark.parametrize(("pattern", "target"), [("2:4", 0.5), ("2in4", 0.5), ("1:4", 0.25), ("4:8", 0.5), ("4x1", 0.8),
+                                                 ("1xchannel", 0.8)])
+def test_each_pattern_brings_a_target_it_can_reach(make_config, pattern, target):
+    cfg = check_config(make_config(f"pattern={pattern}"))
+    assert cfg.target_sparsity == cfg.pruning.target_sparsity == target
+    check_pruning(cfg)
+
+
+def test_an_explicit_target_wins_and_an_infeasible_one_is_one_line(make_config):
+    assert check_config(make_config("pattern=2:4", "target_sparsity=0.3")).target_sparsity == 0.3
+    with pytest.raises(ConfigError) as caught:
+        check_pruning(check_config(make_config("pattern=2:4", "target_sparsity=0.8")))
+    assert str(caught.value) == "pruning: target_sparsity=0.8 is above 2/4=0.5, the most pattern '2:4' can prune"
+
+
+def test_explicit_engine_steps_are_honoured_not_overwritten(make_config):
+    cfg = check_config(make_config("+pruning.start_step=1", "+pruning.end_step=1", "num_train_epochs=2"))
+    keys = engine_config(cfg, steps_per_epoch=10)
+    assert (keys["start_step"], keys["end_step"]) == (1, 1)
+    assert keys["pruning_frequency"] == 1  # the one the scheduler derives, as the config gives none
+
+
+def test_engine_steps_and_the_window_keys_cannot_both_say_when(make_config):
+    cfg = check_config(make_config("+pruning.start_step=3", "sparsity_warm_epochs=1", "num_train_epochs=2"))
+    with pytest.raises(ConfigError) as caught:
+        check_pruning(cfg)
+    assert str(caught.value) == "pruning.start_step=3 and sparsity_warm_epochs=1.0 both say when pruning happens; keep one"

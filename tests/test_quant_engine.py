@@ -1,0 +1,299 @@
+"""The quantization engine on a tiny BERT: int8 logits close to fp32, pruned zeros exactly zero in
+the int8 weights, QAT fine-tuning under the pruning engine's hooks, and errors naming the key."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from transformers import BertConfig, BertForSequenceClassification
+
+import prunelab
+from prunelab.quant import FakeQuantLinear, prepare_qat, quantize, strip_qat
+from prunelab.quant.grid import fake_quantize_weight, weight_codes
+
+pytest.importorskip("openvino")
+
+VOCAB = 100
+BERT_LINEARS = [
+    f"bert.encoder.layer.{i}.{part}"
+    for i in range(2)
+    for part in (
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+        "intermediate.dense",
+        "output.dense",
+    )
+]
+
+
+def tiny_bert(seed=0):
+    """The brief's tiny BERT; the classifier is scaled up so logits are O(1) (at init they are
+    ~0.03, which would make every absolute tolerance meaningless)."""
+    torch.manual_seed(seed)
+    config = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256, vocab_size=VOCAB)
+    model = BertForSequenceClassification(config).eval()
+    with torch.no_grad():
+        model.classifier.weight.mul_(50)
+    return model
+
+
+def batches(count, size=8, length=16, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        {
+            "input_ids": torch.randint(0, VOCAB, (size, length), generator=generator),
+            "attention_mask": torch.ones(size, length, dtype=torch.long),
+            "labels": torch.randint(0, 2, (size,), generator=generator),
+        }
+        for _ in range(count)
+    ]
+
+
+# Test inputs: another seed, another batch size and length than any calibration batch (the
+# exported graph has dynamic shapes), with padding in the second half of some rows.
+TEST = batches(1, size=12, length=24, seed=7)[0]
+TEST["attention_mask"][6:, 12:] = 0
+TEST_INPUTS = {k: v for k, v in TEST.items() if k != "labels"}
+
+
+def logits(model):
+    with torch.no_grad():
+        return model(**TEST_INPUTS).logits
+
+
+def prune_in_place(model):
+    """Zeros as the pruning engine leaves them: 2:4 groups along the input dim in every encoder
+    Linear, plus whole zero rows and a zero input column in one layer."""
+    with torch.no_grad():
+        for name in BERT_LINEARS:
+            weight = model.get_submodule(name).weight
+            groups = weight.view(weight.shape[0], -1, 4)
+            smallest = groups.abs().argsort(dim=-1)[..., :2]
+            groups.scatter_(-1, smallest, 0.0)
+        dense = model.bert.encoder.layer[0].intermediate.dense.weight
+        dense[3] = 0
+        dense[100:108] = 0
+        dense[:, 5] = 0
+    return model
+
+
+@pytest.fixture(scope="module")
+def pruned():
+    return prune_in_place(tiny_bert())
+
+
+@pytest.fixture(scope="module")
+def quantized(pruned):
+    """One int8 model per approach that needs no training (building one takes a few seconds)."""
+    return {
+        "dynamic": quantize(pruned, "dynamic", batches(1), num_threads=1),
+        "static": quantize(pruned, "static", batches(4), num_calibration_samples=24, num_threads=1),
+    }
+
+
+# ------------------------------------------------------------------------------ accuracy
+# Tolerance, relative to the largest fp32 logit: int8 rounding moves each weight by at most half
+# a step (0.4% of its row's largest weight) and each static input by half a step of its range
+# (0.2%); through 7 quantized matmuls per path this gives errors of ~1-2% of the logit scale
+# (measured here: dynamic 0.4%, static 0.9% on this model and seed). 5% leaves room for other
+# seeds and CPUs while any real fault (a wrong scale, zero point, transposed or skipped layer)
+# moves logits by tens of percent.
+RELATIVE_TOLERANCE = 0.05
+
+
+@pytest.mark.parametrize("approach", ["dynamic", "static"])
+def test_int8_logits_are_close_to_fp32_logits(pruned, quantized, approach):
+    reference = logits(pruned)
+    int8 = quantized[approach](**TEST).logits  # labels in the batch are ignored
+    assert int8.shape == reference.shape == (12, 2)
+    scale = reference.abs().max()
+    assert scale > 0.5, "logits should be O(1) for the relative tolerance to mean something"
+    error = (int8 - reference).abs().max() / scale
+    assert error < RELATIVE_TOLERANCE, f"{approach}: max |int8 - fp32| is {error:.2%} of the largest logit"
+    assert error > 0, "int8 logits identical to fp32: nothing was quantized"
+    assert quantized[approach].predict(TEST_INPUTS).logits.equal(int8)
+
+
+def test_quantize_leaves_the_torch_model_untouched(pruned, quantized):
+    assert all(type(pruned.get_submodule(name)) is nn.Linear for name in BERT_LINEARS)
+    assert [name for name, _ in pruned.named_buffers() if "act_" in name] == []
+
+
+# ---------------------------------------------------------------------------- zeros survive
+@pytest.mark.parametrize("approach", ["dynamic", "static"])
+def test_pruned_zeros_are_exactly_zero_in_the_int8_weights(pruned, quantized, approach):
+    stored = quantized[approach].int8_weights()
+    assert sorted(stored) == sorted([*BERT_LINEARS, "bert.pooler.dense", "classifier"])
+    for name in BERT_LINEARS:
+        weight = pruned.get_submodule(name).weight.detach()
+        codes = torch.from_numpy(stored[name])
+        assert codes.dtype == torch.int8 and codes.shape == weight.shape
+        assert bool((codes[weight == 0] == 0).all()), f"{name}: a pruned weight has a nonzero int8 code"
+        # The stored codes are exactly the grid QAT simulates (one rounding rule everywhere).
+        assert torch.equal(codes, weight_codes(weight)), name
+        # 2:4 holds in int8: every group of 4 along the input dim has at least 2 zero codes.
+        assert bool(((codes.view(codes.shape[0], -1, 4) == 0).sum(-1) >= 2).all()), name
+    codes = torch.from_numpy(stored["bert.encoder.layer.0.intermediate.dense"])
+    assert bool((codes[3] == 0).all()) and bool((codes[100:108] == 0).all()) and bool((codes[:, 5] == 0).all())
+    # Nonzero weights mostly stay nonzero (only those under half a step round to 0).
+    weight = pruned.bert.encoder.layer[0].output.dense.weight.detach()
+    codes = torch.from_numpy(stored["bert.encoder.layer.0.output.dense"])
+    assert float(codes[weight != 0].ne(0).float().mean()) > 0.95
+
+
+def test_fake_quantized_weights_keep_zeros_and_lie_on_the_int8_grid():
+    weight = torch.randn(8, 16)
+    weight[2] = 0  # a whole pruned row: scale clamps, no NaN
+    weight[:, ::4] = 0
+    rounded = fake_quantize_weight(weight)
+    assert bool((rounded[weight == 0] == 0).all()) and not bool(rounded.isnan().any())
+    steps = weight.abs().amax(1, keepdim=True).clamp(min=1e-12) / 127
+    assert torch.allclose(rounded / steps, torch.round(rounded / steps), atol=1e-4)
+    assert float((rounded - weight).abs().max()) <= float(steps.max()) / 2 + 1e-7
+
+
+# ------------------------------------------------------------------------- QAT + pruning
+PRUNING = {
+    "pattern": "2:4",
+    "target_sparsity": 0.5,
+    "pruning_type": "snip_momentum",
+    "start_step": 1,
+    "end_step": 3,
+    "pruning_frequency": 1,
+}
+STEPS = 7
+
+
+def fine_tune(model, pruning, optimizer, steps, check):
+    data = batches(steps, seed=3)
+    model.train()
+    pruning.on_train_begin()
+    for step in range(steps):
+        pruning.on_step_begin(step)
+        model(**data[step]).loss.backward()
+        pruning.on_before_optimizer_step()
+        optimizer.step()
+        pruning.on_after_optimizer_step()
+        optimizer.zero_grad(set_to_none=True)
+        check(step)
+    pruning.on_train_end()
+    model.eval()
+
+
+@pytest.mark.parametrize("order", ["qat_first", "pruning_first"])
+def test_qat_fine_tuning_keeps_pruned_weights_exactly_zero_and_masks_in_pattern(order):
+    model = tiny_bert(seed=1)
+    if order == "qat_first":  # the documented order
+        prepare_qat(model)
+        pruning = prunelab.prepare_pruning(model, PRUNING)
+    else:
+        pruning = prunelab.prepare_pruning(model, PRUNING)
+        prepare_qat(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    ops = pruning.groups[0].ops
+    # The pruning engine still finds every encoder Linear (a FakeQuantLinear is an nn.Linear),
+    # and prepare_qat changed modules in place: the engine, the model and the optimizer hold
+    # the same module and weight objects.
+    assert [op.name for op in ops] == BERT_LINEARS
+    assert all(isinstance(op.module, FakeQuantLinear) and op.module is model.get_submodule(op.name) for op in ops)
+    assert {id(op.weight) for op in ops} <= {id(p) for group in optimizer.param_groups for p in group["params"]}
+    masks = {}
+
+    def check(step):
+        for op in ops:
+            assert bool((op.weight[op.mask == 0] == 0).all()), f"step {step}: pruned weight of {op.name} moved"
+        if step >= PRUNING["end_step"]:  # masks are final: same pattern every step after
+            for op in ops:
+                if op.name in masks:
+                    assert torch.equal(op.mask, masks[op.name]), f"step {step}: mask of {op.name} changed"
+                masks[op.name] = op.mask.clone()
+
+    fine_tune(model, pruning, optimizer, STEPS, check)
+    assert pruning.step == STEPS
+    for op in ops:
+        groups = (op.mask == 0).view(op.mask.shape[0], -1, 4).sum(-1)
+        assert bool((groups == 2).all()), f"{op.name}: mask is not 2:4"
+        assert bool((op.weight[op.mask == 0] == 0).all())
+    assert pruning.report()["pruned_ops_sparsity"] == pytest.approx(0.5)
+    # QAT really ran: input ranges were observed during training.
+    assert all(bool(op.module.act_observed) and float(op.module.act_high) > float(op.module.act_low) for op in ops)
+
+    int8 = quantize(model, "qat", example_batch=TEST_INPUTS, num_threads=1)
+    stored = int8.int8_weights()
+    for op in ops:
+        codes = torch.from_numpy(stored[op.name])
+        assert bool((codes[op.mask == 0] == 0).all()), f"{op.name}: a pruned weight has a nonzero int8 code"
+        assert torch.equal(codes, weight_codes(op.weight)), op.name
+    # Converted with exactly the rounding trained with: the int8 model matches the fake-quantized
+    # torch model up to float summation order (an input rounding flipping at most one step).
+    reference = logits(model)
+    assert float((int8(**TEST).logits - reference).abs().max()) < 1e-3 * float(reference.abs().max()) + 1e-5
+
+
+def test_strip_qat_gives_back_plain_linears_with_the_same_parameters():
+    model = tiny_bert()
+    weights = {name: model.get_submodule(name).weight for name in BERT_LINEARS}
+    before = logits(model)
+    prepare_qat(model, excluded_op_names=["classifier", "pooler"])
+    assert type(model.classifier) is nn.Linear
+    assert all(isinstance(model.get_submodule(n), FakeQuantLinear) for n in BERT_LINEARS)
+    assert "bert.encoder.layer.0.attention.self.query.act_low" in model.state_dict()
+    strip_qat(model)
+    assert all(type(model.get_submodule(n)) is nn.Linear and model.get_submodule(n).weight is w for n, w in weights.items())
+    assert not any(".act_" in key for key in model.state_dict())
+    assert torch.equal(logits(model), before)
+
+
+# ---------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"approach": "static"}, r"^calibration_batches: approach='static' needs at least one calibration batch .*got none"),
+        ({"approach": "static", "calibration_batches": []}, r"^calibration_batches: .*got an empty iterable"),
+        ({"approach": "dynamic", "num_calibration_samples": 0}, r"^num_calibration_samples=0: must be a positive"),
+        ({"approach": "static", "calibration_batches": batches(1), "num_calibration_samples": -5}, r"^num_calibration_samples=-5"),
+        ({"approach": "static", "calibration_batches": batches(1), "num_calibration_samples": True}, r"^num_calibration_samples=True"),
+        ({"approach": "int4"}, r"^approach='int4': the quantization backend \(OpenVINO, CPU\) can do dynamic, static, qat"),
+        ({"approach": "none"}, r"^approach='none': .*'none' means: do not call quantize\(\)"),
+        ({"approach": "qat"}, r"^approach='qat': the model was not prepared with prepare_qat"),
+        ({"approach": "dynamic", "op_names": ["decoder"]}, r"^op_names=\['decoder'\], excluded_op_names=\[\]: no nn.Linear"),
+        ({"approach": "dynamic", "op_names": ["("]}, r"^op_names entry '\(' is not a valid regular expression"),
+        ({"approach": "dynamic", "num_threads": 0}, r"^num_threads=0"),
+        ({"approach": "dynamic", "calibration_batches": [{"input_ids": [1, 2]}]}, r"^calibration_batches\[0\]\['input_ids'\]: expected a tensor"),
+    ],
+)
+def test_bad_requests_raise_value_error_naming_the_key(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        quantize(tiny_bert(), **kwargs)
+
+
+def test_qat_mismatches_raise_value_error_naming_the_key():
+    model = prepare_qat(tiny_bert())
+    with pytest.raises(ValueError, match=r"^approach='static': the model was prepared with prepare_qat\(\)"):
+        quantize(model, "static", batches(1))
+    with pytest.raises(ValueError, match=r"^approach='qat': 14 layer\(s\) never saw a training forward pass"):
+        quantize(model, "qat")
+    with pytest.raises(ValueError, match=r"^op_names/excluded_op_names: for approach='qat'"):
+        quantize(model, "qat", op_names=["query"])
+    with pytest.raises(ValueError, match=r"^model: it already carries FakeQuantLinear modules"):
+        prepare_qat(model)
+
+
+def test_a_batch_with_an_input_the_int8_model_lacks_is_refused(quantized):
+    batch = {**TEST_INPUTS, "token_type_ids": torch.zeros_like(TEST_INPUTS["input_ids"])}
+    with pytest.raises(ValueError, match=r"^batch\['token_type_ids'\]: not an input of this quantized model"):
+        quantized["dynamic"].predict(batch)
+    with pytest.raises(ValueError, match=r"^batch\['attention_mask'\]: missing"):
+        quantized["dynamic"].predict({"input_ids": TEST_INPUTS["input_ids"]})
+
+
+def test_num_calibration_samples_cuts_the_calibration_data():
+    from prunelab.quant.convert import take_samples
+
+    taken = take_samples(batches(4, size=8), 20)
+    assert [b["input_ids"].shape[0] for b in taken] == [8, 8, 4]
+    assert all("labels" not in b for b in taken)
+    assert [b["input_ids"].shape[0] for b in take_samples(batches(2, size=8), None)] == [8, 8]

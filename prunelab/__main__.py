@@ -38,7 +38,10 @@ from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from prunelab.app import sweep_failures
+from prunelab.app.config import register_resolvers
 from prunelab.errors import ConfigError, RunInterrupted
+
+register_resolvers()  # conf/config.yaml's hydra.run.dir uses one, and Hydra resolves it before any job
 
 EXIT_CONFIG = 2
 # What Hydra raises before any job runs, when it cannot put the config together.

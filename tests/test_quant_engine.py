@@ -95,13 +95,15 @@ def quantized(pruned):
 
 
 # ------------------------------------------------------------------------------ accuracy
-# Tolerance, relative to the largest fp32 logit: int8 rounding moves each weight by at most half
-# a step (0.4% of its row's largest weight) and each static input by half a step of its range
-# (0.2%); through 7 quantized matmuls per path this gives errors of ~1-2% of the logit scale
-# (measured here: dynamic 0.4%, static 0.9% on this model and seed). 5% leaves room for other
-# seeds and CPUs while any real fault (a wrong scale, zero point, transposed or skipped layer)
-# moves logits by tens of percent.
-RELATIVE_TOLERANCE = 0.05
+# Tolerance, relative to the largest fp32 logit. int8 rounding moves each weight by at most half
+# a step (0.4% of its row's largest weight) and each static input by half a step of its
+# calibrated range (0.2%, plus clipping where a test input leaves that range); through 7
+# quantized matmuls per path this is measured, on this model over seeds 0-3, as 1.2-1.6% of the
+# logit scale for dynamic and 1.5-4.3% for static (per-tensor ranges from 24 random examples).
+# The tolerances are about twice the worst measured case. The float export itself is exact
+# (test_the_float_export_matches_torch_on_other_shapes_and_padding), so all of this error is
+# int8 rounding.
+RELATIVE_TOLERANCE = {"dynamic": 0.04, "static": 0.09}
 
 
 @pytest.mark.parametrize("approach", ["dynamic", "static"])
@@ -112,9 +114,20 @@ def test_int8_logits_are_close_to_fp32_logits(pruned, quantized, approach):
     scale = reference.abs().max()
     assert scale > 0.5, "logits should be O(1) for the relative tolerance to mean something"
     error = (int8 - reference).abs().max() / scale
-    assert error < RELATIVE_TOLERANCE, f"{approach}: max |int8 - fp32| is {error:.2%} of the largest logit"
+    assert error < RELATIVE_TOLERANCE[approach], f"{approach}: max |int8 - fp32| is {error:.2%} of the largest logit"
     assert error > 0, "int8 logits identical to fp32: nothing was quantized"
     assert quantized[approach].predict(TEST_INPUTS).logits.equal(int8)
+
+
+def test_the_float_export_matches_torch_on_other_shapes_and_padding(pruned):
+    """The traced graph has dynamic batch and length and honours the attention mask: exported
+    with 8 x 16 unpadded inputs, it reproduces torch on 12 x 24 padded ones."""
+    from prunelab.quant import backend
+
+    example = {k: v for k, v in batches(1)[0].items() if k != "labels"}
+    compiled = backend.compile_model(backend.convert(pruned, example), {"INFERENCE_NUM_THREADS": 1})
+    reference = logits(pruned)
+    assert float((torch.from_numpy(compiled(TEST_INPUTS)[0]) - reference).abs().max()) < 1e-5
 
 
 def test_quantize_leaves_the_torch_model_untouched(pruned, quantized):

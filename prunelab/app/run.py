@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import datasets
+import torch
 import transformers
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -52,7 +53,9 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, floa
         except ConfigError as error:
             _record_refusal(cfg, out, error)
             raise
-        accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+        # cpu=True where no accelerator exists: only then does accelerate take torchrun's
+        # processes as one data-parallel group (gloo) instead of N independent runs.
+        accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.accelerator.is_available())
         summary = RunSummary(out, writes=accelerator.is_main_process, **_describe(cfg))
         if resume_from is not None:
             summary.update(notes=[f"resumed from {resume_from} (step {read_position(resume_from).step})"])

@@ -3,6 +3,7 @@ and reading the int8 weights back out of a graph. The rest of ``prunelab.quant``
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -65,7 +66,10 @@ def convert(model: nn.Module, example: Mapping[str, torch.Tensor]):
     inputs become FakeQuantize ops that the CPU plugin fuses into int8 FullyConnected kernels.
     """
     ov = openvino()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # Tracing warns about every Python-level branch; the ones in transformers' masking and in
+        # FakeQuantLinear are constant for a given model (tests check other shapes and padding).
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         return ov.convert_model(model, example_input=dict(example))
 
 

@@ -1,0 +1,161 @@
+"""A quantized model on disk: reloaded in a fresh process it gives identical logits, it is written
+whole or not at all, and it is smaller than the float model."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from prunelab.quant import QuantizedModel, load_quantized, quantize
+from prunelab.quant import backend
+from prunelab.quant.artifact import META_FILE, MODEL_FILE, WEIGHTS_FILE
+
+pytest.importorskip("openvino")
+
+REPO = Path(__file__).resolve().parents[1]
+VOCAB = 100
+
+
+def tiny_bert():
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256, vocab_size=VOCAB)
+    model = BertForSequenceClassification(config).eval()
+    with torch.no_grad():
+        model.classifier.weight.mul_(50)  # O(1) logits
+    return model
+
+
+def batch(size, length, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "input_ids": torch.randint(0, VOCAB, (size, length), generator=generator),
+        "attention_mask": torch.ones(size, length, dtype=torch.long),
+        "token_type_ids": torch.zeros(size, length, dtype=torch.long),
+    }
+
+
+CALIBRATION = [batch(8, 16, seed) for seed in range(3)]
+TEST = batch(6, 20, 99)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_bert()
+
+
+@pytest.fixture(scope="module")
+def quantized(model):
+    return {
+        "dynamic": quantize(model, "dynamic", CALIBRATION, num_threads=1),
+        "static": quantize(model, "static", CALIBRATION, num_calibration_samples=16, num_threads=1),
+    }
+
+
+LOADER = """
+import sys
+import numpy as np
+from prunelab.quant import load_quantized
+inputs = dict(np.load(sys.argv[1]))
+for directory, out in zip(sys.argv[2::2], sys.argv[3::2]):
+    model = load_quantized(directory, num_threads=1)
+    assert "torch.nn" not in repr(type(model)), type(model)
+    np.save(out, model.predict(inputs).logits.numpy())
+"""
+
+
+def test_a_saved_model_reloaded_in_a_fresh_process_gives_identical_logits(quantized, tmp_path):
+    np.savez(tmp_path / "inputs.npz", **{k: v.numpy() for k, v in TEST.items()})
+    args, expected = [], {}
+    for approach, int8 in quantized.items():
+        directory = int8.save(tmp_path / approach)
+        assert sorted(p.name for p in directory.iterdir()) == sorted([MODEL_FILE, WEIGHTS_FILE, META_FILE])
+        meta = json.loads((directory / META_FILE).read_text())
+        assert meta["approach"] == approach and meta["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+        assert meta["outputs"] == ["logits"] and len(meta["quantized_layers"]) == 14
+        args += [str(directory), str(tmp_path / f"{approach}.npy")]
+        expected[approach] = int8(**TEST).logits.numpy()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", LOADER, str(tmp_path / "inputs.npz"), *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=170,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for approach, logits in expected.items():
+        reloaded = np.load(tmp_path / f"{approach}.npy")
+        assert np.array_equal(reloaded, logits), f"{approach}: max diff {np.abs(reloaded - logits).max()}"
+    # and in this process too, through the same loader
+    again = load_quantized(tmp_path / "static", num_threads=1)
+    assert again.approach == "static" and again.predict(TEST).logits.equal(torch.from_numpy(expected["static"]))
+
+
+def test_save_writes_whole_or_nothing(quantized, tmp_path, monkeypatch):
+    int8 = quantized["dynamic"]
+    target = tmp_path / "out" / "quantized"
+
+    def broken_write(self, directory):
+        (directory / MODEL_FILE).write_text("<half a model")
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(QuantizedModel, "_write", broken_write)
+        with pytest.raises(OSError, match="disk full"):
+            int8.save(target)
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == []  # no staging directory left behind
+
+    int8.save(target)
+    with pytest.raises(FileExistsError, match="pass overwrite=True"):
+        quantized["static"].save(target)
+    with monkeypatch.context() as patch:  # a failed overwrite keeps the old model whole
+        patch.setattr(QuantizedModel, "_write", broken_write)
+        with pytest.raises(OSError):
+            quantized["static"].save(target, overwrite=True)
+    assert load_quantized(target).approach == "dynamic"
+    quantized["static"].save(target, overwrite=True)
+    assert load_quantized(target).approach == "static"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["quantized"]
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    int8.save(empty)  # an empty directory (e.g. made by a run) is filled
+    assert load_quantized(empty).approach == "dynamic"
+
+
+def test_int8_model_is_smaller_than_the_float_model(model, quantized, tmp_path):
+    float_model = backend.convert(model, {k: v for k, v in CALIBRATION[0].items()})
+    backend.openvino().save_model(float_model, str(tmp_path / MODEL_FILE), compress_to_fp16=False)
+    float_bytes = sum((tmp_path / name).stat().st_size for name in (MODEL_FILE, WEIGHTS_FILE))
+    linears = {name: m.weight for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    for approach, int8 in quantized.items():
+        codes = int8.int8_weights()
+        assert sorted(codes) == sorted(linears)
+        # The Linear part: 1 byte per weight plus one float32 scale per output row, against
+        # 4 bytes per weight.
+        int8_linear = sum(c.nbytes + 4 * c.shape[0] for c in codes.values())
+        ratio = int8_linear / sum(4 * w.numel() for w in linears.values())
+        assert 0.25 < ratio < 0.27, ratio
+        # Whole files: the float embeddings (27% of this tiny model's weights) and the graph stay.
+        assert int8.size_bytes < 0.6 * float_bytes, (approach, int8.size_bytes, float_bytes)
+
+
+def test_loading_what_is_not_a_saved_model_fails_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="holds no saved quantized model"):
+        load_quantized(tmp_path / "missing")
+    (tmp_path / MODEL_FILE).write_text("<net/>")
+    (tmp_path / META_FILE).write_text(json.dumps({"format": "something/9"}))
+    with pytest.raises(ValueError, match=r"format 'something/9', expected 'prunelab.quant/1'"):
+        load_quantized(tmp_path)
+
+
+def test_the_int8_model_drops_into_an_evaluation_loop(quantized):
+    """What ``prunelab.train.evaluation.predict`` does with a model: eval(), model(**batch),
+    outputs.logits, getattr(outputs, "loss", None)."""
+    model = quantized["static"].eval()
+    outputs = model(**TEST, labels=torch.zeros(6, dtype=torch.long))
+    assert outputs.logits.shape == (6, 2) and outputs.logits.dtype == torch.float32
+    assert getattr(outputs, "loss", None) is None

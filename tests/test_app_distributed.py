@@ -70,3 +70,19 @@ def test_metrics_come_from_all_eval_examples(two_process_run, make_config):
     logits, _ = predict(model, loader, task, device="cpu")
     assert len(logits[0]) == 45
     assert task.compute_metrics(logits, data)["accuracy"] == summary["metrics"]["eval/accuracy"]
+
+
+@pytest.mark.slow
+def test_submitit_tasks_of_one_job_train_as_one_data_parallel_run(tiny_data_root, tmp_path):
+    """hydra/launcher=submitit_local with 2 tasks: the code path of a SLURM job with several tasks."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "prunelab", "-m", "model=tiny", "task=sst2", f"data_root={tiny_data_root}",
+            "max_train_samples=96", "max_eval_samples=16", "max_length=32", "num_train_epochs=1",
+            "per_device_train_batch_size=8", "progress_bar=false", "hydra/launcher=submitit_local",
+            "hydra.launcher.tasks_per_node=2", f"hydra.sweep.dir={tmp_path}"]
+    result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(line) for line in (tmp_path / "0" / "metrics.jsonl").read_text().splitlines()]
+    assert [(line["epoch"], line["step"]) for line in lines] == [(0, 6)]  # 96 / (8 x 2 tasks)
+    assert json.loads((tmp_path / "0" / "summary.json").read_text())["status"] == "completed"

@@ -21,6 +21,7 @@ from accelerate.utils import set_seed
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from prunelab.app.cluster import join_submitit_tasks
 from prunelab.app.config import register_resolvers
 from prunelab.app.run_dir import check_resumable, clear_outputs, find_checkpoint, previous_outputs, truncate_metrics
 from prunelab.app.schema import check_config
@@ -53,6 +54,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, floa
         except ConfigError as error:
             _record_refusal(cfg, out, error)
             raise
+        join_submitit_tasks()
         # cpu=True where no accelerator exists: only then does accelerate take torchrun's
         # processes as one data-parallel group (gloo) instead of N independent runs.
         accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.accelerator.is_available())

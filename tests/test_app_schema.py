@@ -1,6 +1,10 @@
 """The composed config is typed and checked whole before anything loads: unknown keys, wrong types
 and settings that would have no effect fail with one line naming the key."""
+from pathlib import Path
+
 import pytest
+
+import prunelab
 
 from prunelab.app.schema import check_config
 from prunelab.app.stages import check_pruning, engine_config
@@ -73,3 +77,22 @@ def test_engine_steps_and_the_window_keys_cannot_both_say_when(make_config):
     with pytest.raises(ConfigError) as caught:
         check_pruning(cfg)
     assert str(caught.value) == "pruning.start_step=3 and sparsity_warm_epochs=1.0 both say when pruning happens; keep one"
+
+
+def test_an_inc_recipe_file_replaces_the_pruning_keys(make_config):
+    recipe = Path(__file__).resolve().parents[1] / "docs" / "examples" / "inc_recipe.yaml"
+    cfg = check_config(make_config(f"pruning_config={recipe}", "num_train_epochs=3"))
+    check_pruning(cfg)
+    keys = engine_config(cfg, steps_per_epoch=230)
+    # The file's own schedule, not the one the scheduler would derive from the pruning window.
+    assert (keys["start_step"], keys["end_step"], keys["pruning_frequency"]) == (230, 459, 6)
+    groups = prunelab.sparsity.parse_config(keys).groups
+    assert [(g.pattern, g.target_sparsity) for g in groups] == [("4x1", 0.8), ("2:4", 0.5)]
+
+
+def test_an_inc_recipe_and_the_window_keys_cannot_both_say_when(make_config):
+    recipe = Path(__file__).resolve().parents[1] / "docs" / "examples" / "inc_recipe.yaml"
+    cfg = check_config(make_config(f"pruning_config={recipe}", "cooldown_epochs=1", "num_train_epochs=3"))
+    with pytest.raises(ConfigError) as caught:
+        check_pruning(cfg)
+    assert str(caught.value) == "pruning.end_step=459 and cooldown_epochs=1.0 both say when pruning happens; keep one"

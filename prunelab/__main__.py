@@ -48,11 +48,14 @@ EXIT_CONFIG = 2
 COMPOSITION_ERRORS = (ConfigCompositionException, OverrideParseException, SearchPathException)
 MULTIRUN_FLAGS = ("-m", "--multirun")
 GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
+_job_started = False  # set once Hydra hands over: errors after that are the run's own
 
 
 @hydra.main(version_base="1.3", config_path="pkg://prunelab.conf", config_name="config")
 def _job(cfg: DictConfig) -> float:
     """One Hydra job: ``run(cfg)``, its main metric returned for sweepers that optimise it."""
+    global _job_started
+    _job_started = True
     from prunelab.app.run import run  # imported here so that config errors are told without the wait
 
     if HydraConfig.get().mode != RunMode.MULTIRUN:
@@ -94,6 +97,12 @@ def main() -> None:
         if full_error:
             raise
         _fail(f"prunelab: error: {hydra_error_line(error, sys.argv[1:])}", EXIT_CONFIG)
+    except OSError as error:
+        if full_error or _job_started:
+            raise
+        # Hydra creates the run (or sweep) directory and its log file before any job starts.
+        _fail(f"prunelab: error: hydra.run.dir / hydra.sweep.dir: cannot write {error.filename} "
+              f"({error.strerror})", EXIT_CONFIG)
     finally:
         if users_setting is None:
             del os.environ["HYDRA_FULL_ERROR"]

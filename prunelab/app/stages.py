@@ -126,6 +126,8 @@ def setup_callbacks(state: RunState) -> None:
     distiller = build(cfg.distill)(task=task, student=state.model)
     state.trainer = Trainer(state.model, task, state.data, _train_config(cfg), state.accelerator)
     config = engine_config(cfg, state.trainer.steps_per_epoch)
+    if cfg.do_prune:
+        _check_steps_fit(config, state.trainer.total_steps)
     state.pruning = _prepare_pruning(config, state.model) if cfg.do_prune else None
     state.measurement = state.pruning or _dense_measurement(config, state.model)
     state.callbacks = [c for c in (distiller, state.pruning) if c is not None]
@@ -170,6 +172,18 @@ def save(state: RunState) -> None:
 
 
 STAGES = (setup_model, setup_data, setup_callbacks, fit, post_training, save)
+
+
+def _check_steps_fit(config: dict, total_steps: int) -> None:
+    """Step keys given by hand (or by a recipe file) must fall inside this run's training, else the
+    target would silently never be reached."""
+    for index, group in enumerate(prunelab.sparsity.parse_config(config).groups):
+        if group.end_step >= total_steps and group.target_sparsity > 0 and group.pruning_type != "pattern_lock":
+            where = f"pruning_configs[{index}]." if len(config.get("pruning_configs") or []) > 1 else ""
+            raise ConfigError(
+                f"pruning.{where}end_step={group.end_step}: past the last optimizer step of this run "
+                f"({total_steps - 1}; {total_steps} steps in all), so the target would never be reached"
+            )
 
 
 def _prepare_pruning(config: dict, model):

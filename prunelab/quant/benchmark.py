@@ -103,7 +103,8 @@ def other_candidates(model, inputs, calibration, threads):
                 return next(self.batches, None)
 
         quantize_static(path, sq := os.path.join(work, "static.onnx"), Reader(), quant_format=QuantFormat.QOperator,
-                        per_channel=True, op_types_to_quantize=["MatMul", "Gemm"])
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=["MatMul", "Gemm"])  # U8S8: the default S8S8 QOperator path is 3x slower
         found["ONNX Runtime int8 static (QOperator)"] = (session(sq), os.path.getsize(sq))
     except ImportError:
         pass

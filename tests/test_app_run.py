@@ -15,7 +15,7 @@ from prunelab.app.run import run
 SUMMARY_KEYS = {
     "status", "error", "task", "task_family", "model", "model_name_or_path", "do_prune", "pattern",
     "pruning_type", "target_sparsity", "seed", "main_metric", "metrics", "sparsity", "overrides",
-    "notes", "wall_time_s", "versions", "output_dir",
+    "notes", "wall_time_s", "versions", "output_dir", "quantization",
 }
 REPO = Path(__file__).resolve().parents[1]
 

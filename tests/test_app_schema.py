@@ -19,7 +19,7 @@ from prunelab.errors import ConfigError
         (["learning_rate=abc"], "learning_rate='abc': must be a number"),
         (["max_train_samples=abc"], "max_train_samples='abc': must be an integer or null"),
         (["do_prune=maybe"], "do_prune='maybe': must be true or false"),
-        (["+apply_quantization=true"], "apply_quantization=True: no such key (quantization is not part of prunelab yet)"),
+        (["+apply_quantization=true"], "apply_quantization=True: no such key (use quant=dynamic|static|qat)"),
         (["+learning_rat=1e-3"], "learning_rat=0.001: no such key (did you mean learning_rate?)"),
         (["+model.depth=3"], "model.depth=3: no such key for this model option; allowed: name, hidden_size, "
                              "num_hidden_layers, num_attention_heads, intermediate_size, max_position_embeddings, tokenizer"),
@@ -96,3 +96,9 @@ def test_an_inc_recipe_and_the_window_keys_cannot_both_say_when(make_config):
     with pytest.raises(ConfigError) as caught:
         check_pruning(cfg)
     assert str(caught.value) == "pruning.end_step=459 and cooldown_epochs=1.0 both say when pruning happens; keep one"
+
+
+def test_a_value_a_preset_leaves_to_the_user_must_be_given(make_config):
+    with pytest.raises(ConfigError) as caught:
+        check_config(make_config("model=bert-mini", "experiment=pofa-stage1"))
+    assert str(caught.value) == "model.name_or_path: must be given (add model.name_or_path=... to the command)"

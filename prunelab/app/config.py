@@ -57,6 +57,12 @@ def run_dir(resume_from_checkpoint: str | None, fresh: str) -> str:
     return str(path.parent.parent if path.parent.name == CHECKPOINTS else path)
 
 
+def required(key: str):
+    """A value a preset leaves to the user (``${prunelab.required:model.name_or_path}``): reading
+    it unset is an error naming the key."""
+    raise ConfigError(f"{key}: must be given (add {key}=... to the command)")
+
+
 def register_resolvers() -> None:
     for name, resolver in {
         "prunelab.package_model": package_model_path,
@@ -64,6 +70,7 @@ def register_resolvers() -> None:
         "prunelab.progressive": progressive_pruning_type,
         "prunelab.default_target": default_target_sparsity,
         "prunelab.run_dir": run_dir,
+        "prunelab.required": required,
     }.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)

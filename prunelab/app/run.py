@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from prunelab.app.cluster import join_submitit_tasks
-from prunelab.app.config import register_resolvers
+from prunelab.app.config import build, register_resolvers
 from prunelab.app.run_dir import check_resumable, clear_outputs, find_checkpoint, previous_outputs, truncate_metrics
 from prunelab.app.schema import check_config
 from prunelab.app.stages import STAGES, RunState, check_pruning
@@ -86,6 +86,7 @@ def _claim(cfg: DictConfig, out: Path) -> tuple[DictConfig, Path | None]:
     a directory holding another run is refused unless resuming or overwriting."""
     typed = check_config(cfg)
     check_pruning(typed)
+    build(typed.quant)  # its own checks (calibration, what the backend can do) before anything loads
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -138,7 +139,8 @@ def _describe(cfg: DictConfig) -> dict:
         "do_prune": do_prune,
         "pattern": "+".join(patterns) if do_prune else None,
         "pruning_type": pick("pruning.pruning_type") if do_prune else None,
-        "target_sparsity": pick("target_sparsity") if do_prune else None,
+        # pattern_lock keeps the zeros there are: no target applies.
+        "target_sparsity": pick("target_sparsity") if do_prune and pick("pruning.pruning_type") != "pattern_lock" else None,
         "seed": pick("seed"),
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
     }
@@ -163,3 +165,8 @@ def _print_summary(fields: dict) -> None:
         f"{' (' + others + ')' if others else ''}; measured sparsity of pruned ops {sparsity:.4f}; "
         f"{fields['wall_time_s']:.0f} s\noutputs: {fields['output_dir']}"
     )
+    quantized = fields["quantization"]
+    if quantized:
+        size = f", {quantized['size_bytes'] / 1e6:.1f} MB ({quantized['size_bytes'] / quantized['float_size_bytes']:.2f}x)" \
+            if quantized["size_bytes"] else ""
+        print(f"int8 ({quantized['approach']}): {main} {quantized['metrics'][main]:.4f}{size}")

@@ -9,12 +9,14 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from prunelab.app.config import to_input_path
+from prunelab.app.quantization import QUANTIZED_DIR
 from prunelab.errors import ConfigError
 from prunelab.outputs import CONFIG, METRICS, MODEL_DIR, SUMMARY, write_text_atomic
 from prunelab.train.checkpointing import CHECKPOINTS, TRAINER_STATE, list_checkpoints, read_position
 
 # What a run writes into its directory (Hydra's .hydra/ and log files are Hydra's).
-RUN_OUTPUTS = (SUMMARY, METRICS, CONFIG, MODEL_DIR, f"{MODEL_DIR}.tmp", CHECKPOINTS, "predictions.json", "null_odds.json")
+RUN_OUTPUTS = (SUMMARY, METRICS, CONFIG, MODEL_DIR, f"{MODEL_DIR}.tmp", CHECKPOINTS, QUANTIZED_DIR, "predictions.json",
+               "null_odds.json")
 # Keys that may differ between a checkpointed run and its resumption.
 RESUME_MAY_CHANGE = ("resume_from_checkpoint", "overwrite_output_dir", "checkpointing_steps", "checkpoints_to_keep",
                      "progress_bar")

@@ -35,9 +35,9 @@ LR_SCHEDULERS = tuple(kind.value for kind in SchedulerType)
 FOREIGN_KEYS = {
     "apply_pruning": "use do_prune=true|false",
     "apply_distillation": "use distill=kd",
-    "apply_quantization": "quantization is not part of prunelab yet",
-    "quantization_approach": "quantization is not part of prunelab yet",
-    "num_calibration_samples": "quantization is not part of prunelab yet",
+    "apply_quantization": "use quant=dynamic|static|qat",
+    "quantization_approach": "use quant=dynamic|static|qat",
+    "num_calibration_samples": "use quant=static quant.num_calibration_samples=N",
     "generate_teacher_logits": "use distill.precompute=true",
     "teacher_model_name_or_path": "use distill.teacher=<dir>",
     "model_name_or_path": "use model.name_or_path=<hub id or dir> (or model=<preset>)",
@@ -58,6 +58,7 @@ class RunSchema:
     task: Any = MISSING
     scheduler: Any = MISSING
     distill: Any = MISSING
+    quant: Any = MISSING
     pruning: Any = MISSING
     do_prune: bool = MISSING
     target_sparsity: float = MISSING
@@ -93,7 +94,7 @@ class RunSchema:
     lookup: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-_GROUPS = ("model", "task", "scheduler", "distill")
+_GROUPS = ("model", "task", "scheduler", "distill", "quant")
 # Keys the run passes to a group's target itself (so a config file must not set them).
 _RUNTIME_KEYS = {
     "task": {"data_root", "max_length", "max_train_samples", "max_eval_samples", "seed"},
@@ -130,8 +131,10 @@ def _resolve(cfg: DictConfig) -> dict:
     try:
         return OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as error:
-        cause = error.__cause__
-        if isinstance(cause, ConfigError):
+        cause = error.__cause__ or error.__context__  # OmegaConf re-raises a resolver's error in context
+        while cause is not None and not isinstance(cause, ConfigError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:  # a resolver's own one-line error
             raise cause from None
         key = getattr(error, "full_key", None)
         raise ConfigError(f"{key}: {' '.join(str(error).splitlines()[0].split())}") from None

@@ -1,12 +1,14 @@
 """The named stages of one run, in order:
 
-    setup_model -> setup_data -> setup_callbacks -> fit -> post_training -> save
+    setup_model -> setup_data -> setup_training -> fit -> post_training -> quantize -> save
 
-Each takes the ``RunState`` built so far and adds what it makes. Training changes (pruning,
-distillation) are callbacks of the training loop, set up here as peers.
+Each takes the ``RunState`` built so far and adds what it makes. Training changes are set up in
+``setup_training`` as peers: quantization-aware training wraps the model's Linear layers,
+distillation and pruning are callbacks of the training loop.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,10 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
 
 import prunelab
 from prunelab.app.config import build, to_input_path
 from prunelab.app.inc_recipe import read_pruning_config
+from prunelab.app.quantization import QUANTIZED_DIR, check_reload
 from prunelab.app.schema import checkpoint_every
 from prunelab.errors import ConfigError
 from prunelab.outputs import METRICS, RunSummary, append_jsonl, save_model
@@ -56,6 +60,8 @@ class RunState:
     callbacks: list = field(default_factory=list)
     pruning: Any = None
     measurement: Any = None
+    quantization: Any = None
+    quantized: Any = None
     final: Evaluation | None = None
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -118,12 +124,16 @@ def setup_data(state: RunState) -> None:
     state.summary.write(notes=[*state.summary.fields["notes"], *state.data.notes])
 
 
-def setup_callbacks(state: RunState) -> None:
-    """The model and the training loop with its callbacks: the distiller and the pruning engine."""
+def setup_training(state: RunState) -> None:
+    """The model and what changes its training, in this order: the distiller (its default teacher
+    is a copy of the starting model, taken before anything touches it), quantization-aware
+    training (it wraps Linear layers before the optimizer and the pruning engine see them), the
+    training loop, the pruning engine."""
     cfg, task = state.cfg, state.task
     state.model = state.source.load_model(task.auto_model_class(), **task.model_kwargs())
-    # The default teacher is the starting model, so it is copied before any pruning touches it.
     distiller = build(cfg.distill)(task=task, student=state.model)
+    state.quantization = build(cfg.quant)
+    state.quantization.prepare(state.model)
     state.trainer = Trainer(state.model, task, state.data, _train_config(cfg), state.accelerator)
     config = engine_config(cfg, state.trainer.steps_per_epoch)
     if cfg.do_prune:
@@ -162,16 +172,47 @@ def post_training(state: RunState) -> None:
         state.task.write_predictions(state.final.logits, state.data, state.out)
 
 
+def quantize(state: RunState) -> None:
+    """The int8 model, made and evaluated on the eval set by the main process alone. Every process
+    takes its fake quantization off (qat) right after conversion, so the float model saves as a
+    stock one."""
+    quantization, model = state.quantization, state.accelerator.unwrap_model(state.trainer.model)
+    if not quantization.enabled:
+        return
+    main = state.accelerator.is_main_process
+    if main:
+        calibration = DataLoader(state.data.train, batch_size=state.cfg.per_device_eval_batch_size,
+                                 collate_fn=state.data.collator)
+        # The int8 model runs on CPU (OpenVINO): convert a CPU copy of a model trained elsewhere.
+        on_cpu = state.accelerator.device.type == "cpu"
+        state.quantized = quantization.convert(model if on_cpu else copy.deepcopy(model).cpu(), calibration)
+    quantization.release(model)
+    if main:
+        logits, _ = predict(state.quantized, _eval_loader(state), state.task, device="cpu")
+        metrics = {f"eval/{k}": v for k, v in state.task.compute_metrics(logits, state.data).items()}
+        state.summary.write(quantization={
+            "approach": quantization.approach, "metrics": metrics, "size_bytes": None,
+            "float_size_bytes": sum(t.numel() * t.element_size() for t in model.state_dict().values()),
+        })
+
+
 def save(state: RunState) -> None:
-    """The model, saved by the main process alone (no collective call: the others would hang)."""
+    """The float model, and the int8 one if any, saved by the main process alone (no collective
+    call: the others would hang), each whole or not at all and checked after reloading."""
     cfg = state.cfg
     if cfg.save_model and state.accelerator.is_main_process:
         verify = _logit_check(state) if cfg.verify_loading else None
         save_model(state.accelerator.unwrap_model(state.trainer.model), state.tokenizer, state.out, verify)
+        if state.quantized is not None:
+            directory = state.quantized.save(state.out / QUANTIZED_DIR, overwrite=True)
+            if cfg.verify_loading:
+                check_reload(directory, state.quantized, _eval_loader(state))
+            record = dict(state.summary.fields["quantization"], size_bytes=state.quantized.size_bytes)
+            state.summary.write(quantization=record)
     state.accelerator.wait_for_everyone()
 
 
-STAGES = (setup_model, setup_data, setup_callbacks, fit, post_training, save)
+STAGES = (setup_model, setup_data, setup_training, fit, post_training, quantize, save)
 
 
 def _check_steps_fit(config: dict, total_steps: int) -> None:
@@ -214,18 +255,26 @@ def _check_masks_agree(accelerator, pruning) -> None:
         raise RuntimeError("pruning masks differ between processes: the data-parallel replicas have diverged")
 
 
+def _eval_loader(state: RunState) -> DataLoader:
+    """The whole eval set for this process alone (not sharded; nothing gathered)."""
+    return DataLoader(state.data.eval, batch_size=state.cfg.per_device_eval_batch_size, collate_fn=state.data.collator)
+
+
 def _logit_check(state: RunState):
     """Reload a saved model directory and compare its eval logits with the trained model's, on
-    this process alone: the eval loader here is not sharded and nothing is gathered."""
-    trainer, final = state.trainer, state.final
-    loader = torch.utils.data.DataLoader(
-        state.data.eval, batch_size=trainer.config.per_device_eval_batch_size, collate_fn=state.data.collator
-    )
+    this process alone. After qat the saved model is the float one without fake quantization,
+    so its reference logits are measured again."""
+    trainer, loader = state.trainer, _eval_loader(state)
+    device = trainer.accelerator.device
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    reference = state.final.logits
+    if state.quantization.approach == "qat":
+        reference, _ = predict(model, loader, trainer.task, device=device)
 
     def verify(directory: Path) -> None:
-        reloaded = trainer.task.auto_model_class().from_pretrained(directory).to(trainer.accelerator.device)
-        logits, _ = predict(reloaded, loader, trainer.task, device=trainer.accelerator.device)
-        for saved, trained in zip(logits, final.logits):
+        reloaded = trainer.task.auto_model_class().from_pretrained(directory).to(device)
+        logits, _ = predict(reloaded, loader, trainer.task, device=device)
+        for saved, trained in zip(logits, reference):
             gap = float(np.max(np.abs(saved - trained))) if saved.size else 0.0
             if saved.shape != trained.shape or gap > VERIFY_ATOL:
                 raise RuntimeError(

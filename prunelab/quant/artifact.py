@@ -41,12 +41,15 @@ class QuantizedModel:
     """A compiled int8 model. Call it like the HF model (``model(**batch).logits``) or use
     ``predict(batch)``; batches may carry ``labels`` (ignored), not other unknown keys."""
 
-    def __init__(self, ov_model, *, approach: str, quantized_layers, num_threads: int | None = None, directory=None):
+    def __init__(
+        self, ov_model, *, approach: str, quantized_layers, num_threads: int | None = None, compile_config=None, directory=None
+    ):
         self.ov_model = ov_model
         self.approach = approach
         self.quantized_layers = tuple(quantized_layers)
         self.num_threads = check_num_threads(num_threads)
-        self.compile_config = backend.compile_config(approach, None)
+        # A loaded model compiles with the settings it was saved with (same kernels, same numbers).
+        self.compile_config = dict(compile_config) if compile_config is not None else backend.compile_config(approach, None)
         self.input_names = tuple(port.get_any_name() for port in ov_model.inputs)
         self.output_names = tuple(_output_name(port, i) for i, port in enumerate(ov_model.outputs))
         config = dict(self.compile_config)
@@ -166,6 +169,7 @@ def load_quantized(directory, *, num_threads: int | None = None) -> QuantizedMod
         approach=meta["approach"],
         quantized_layers=meta["quantized_layers"],
         num_threads=num_threads,
+        compile_config=meta["compile_config"],
         directory=directory,
     )
 

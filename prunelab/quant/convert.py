@@ -63,11 +63,13 @@ def dynamic(model: nn.Module, example: Mapping[str, torch.Tensor], op_names, exc
 def static(model: nn.Module, calibration: list[dict[str, torch.Tensor]], op_names, excluded_op_names):
     """int8 weights and inputs; input ranges are the min/max over the calibration batches."""
     work = _cpu_copy(model)
-    names = attach_fake_quant(work, quantize_inputs=True, observer="minmax", op_names=op_names, excluded_op_names=excluded_op_names)
+    names = attach_fake_quant(
+        work, quantize_inputs=True, observer="minmax", op_names=op_names, excluded_op_names=excluded_op_names
+    )
     with torch.no_grad():
         for inputs in calibration:
             work(**inputs)
-    unseen = [name for name, module in fake_quant_modules(work) if not bool(module.act_observed)]
+    unseen = [name for name, module in fake_quant_modules(work) if not module.has_input_range()]
     if unseen:
         raise ConfigError(f"calibration_batches: the calibration forward passes never reached {unseen[:5]}")
     for _, module in fake_quant_modules(work):
@@ -80,7 +82,7 @@ def qat(model: nn.Module, example: Mapping[str, torch.Tensor]):
     modules = fake_quant_modules(model)
     if not modules:
         raise ConfigError("approach='qat': the model was not prepared with prepare_qat(model) before fine-tuning")
-    unseen = [name for name, module in modules if not bool(module.act_observed)]
+    unseen = [name for name, module in modules if not module.has_input_range()]
     if unseen:
         raise ConfigError(
             f"approach='qat': {len(unseen)} layer(s) never saw a training forward pass, so they have no input range "

@@ -28,23 +28,34 @@ class FakeQuantLinear(nn.Linear):
     quantize_inputs: bool
     observer: str
     ema_momentum: float
+    _range_known: bool  # mirrors act_observed once True, so forward does not sync a GPU
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("FakeQuantLinear is made from an nn.Linear by prepare_qat() / to_fake_quant(), not constructed")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quantize_inputs:
             self._observe(x)
-            if bool(self.act_observed):
+            if self.has_input_range():
                 x = fake_quantize_activation(x, self.act_low, self.act_high)
         return F.linear(x, fake_quantize_weight(self.weight), self.bias)
+
+    def has_input_range(self) -> bool:
+        """Whether an input range was observed (here or in a loaded checkpoint)."""
+        if not self._range_known:
+            self._range_known = bool(self.act_observed)
+        return self._range_known
 
     @torch.no_grad()
     def _observe(self, x: torch.Tensor) -> None:
         if self.observer == "off" or (self.observer == "ema" and not self.training):
             return
         low, high = x.detach().min().float(), x.detach().max().float()
-        if not bool(self.act_observed):
+        if not self.has_input_range():
             self.act_low.copy_(low)
             self.act_high.copy_(high)
             self.act_observed.fill_(True)
+            self._range_known = True
         elif self.observer == "minmax":
             self.act_low.copy_(torch.minimum(self.act_low, low))
             self.act_high.copy_(torch.maximum(self.act_high, high))
@@ -68,6 +79,7 @@ def to_fake_quant(linear: nn.Linear, *, quantize_inputs: bool, observer: str, em
     linear.quantize_inputs = quantize_inputs
     linear.observer = observer
     linear.ema_momentum = ema_momentum
+    linear._range_known = False
     linear.register_buffer("act_low", torch.zeros((), device=device))
     linear.register_buffer("act_high", torch.zeros((), device=device))
     linear.register_buffer("act_observed", torch.zeros((), dtype=torch.bool, device=device))
@@ -78,7 +90,7 @@ def restore_linear(module: FakeQuantLinear) -> nn.Linear:
     """Undo ``to_fake_quant`` in place: a plain ``nn.Linear`` with the same Parameters."""
     for name in _BUFFERS:
         delattr(module, name)
-    for name in ("quantize_inputs", "observer", "ema_momentum"):
+    for name in ("quantize_inputs", "observer", "ema_momentum", "_range_known"):
         module.__dict__.pop(name, None)
     module.__class__ = nn.Linear
     return module

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from prunelab.sparsity.config import PruningConfig, parse_config
+from prunelab.sparsity.coupled import CoupledGroup, make_group
 from prunelab.sparsity.measure import build_report
 from prunelab.sparsity.ops import OpView, select_ops
 from prunelab.sparsity.patterns import NInMPattern
@@ -68,7 +69,11 @@ class Pruning:
                     f"excluded_op_names={list(group_config.excluded_op_names)}, "
                     f"pruning_op_types={list(group_config.pruning_op_types)}"
                 )
+            group = make_group(index, group_config, matched, model)
+            claimed = set(group.claimed)
             for name, module, _ in matched:
+                if name not in claimed:
+                    continue
                 if name in owner:
                     raise ValueError(
                         f"op {name!r} is claimed by pruning groups {owner[name]} and {index}; "
@@ -80,7 +85,8 @@ class Pruning:
                         f"ops {weights[id(module.weight)]!r} and {name!r} share one weight tensor; exclude one of them"
                     )
                 weights[id(module.weight)] = name
-            group = PruningGroup(index, group_config, matched)
+            if not group.ops and group_config.target_sparsity > 0 and isinstance(group, CoupledGroup):
+                raise ValueError(group.fits_none_message(matched))
             if group.unfit and not group.ops and group_config.target_sparsity > 0:
                 raise ValueError(_fits_none_message(group, matched))
             self.groups.append(group)
@@ -191,6 +197,23 @@ class Pruning:
     def report(self) -> dict:
         """Measured sparsity (zeros counted in the weights) per op, per group and overall."""
         return build_report(self.model, self.groups, self.step)
+
+    def kept_units(self) -> dict[str, dict[str, list[int]]]:
+        """The structure the masks leave, for compaction (``prunelab.export``).
+
+        ``{layer: {"heads": [kept head indices], "neurons": [kept neuron indices]}}``, keyed by the
+        layer's module name (``"bert.encoder.layer.0"``), indices in the layer's original
+        numbering, ascending. Only layers and kinds pruned by a ``head`` / ``neuron`` group appear;
+        an empty list means the layer lost every unit of that kind. Read it after
+        ``on_train_end()`` for the final structure (during a progressive blend it is the mask in
+        force now).
+        """
+        kept: dict[str, dict[str, list[int]]] = {}
+        for group in self.groups:
+            if isinstance(group, CoupledGroup):
+                for layer, kinds in group.kept_units().items():
+                    kept.setdefault(layer, {}).update(kinds)
+        return kept
 
     # ---------------------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict:

@@ -42,6 +42,8 @@ class GroupConfig:
     sparsity_decay_type: str = "exp"  # how the target grows between start_step and end_step
     min_sparsity_ratio_per_op: float = 0.0  # global scope: every op ends at least this sparse
     max_sparsity_ratio_per_op: float = 0.98  # global scope: no op is pruned beyond this
+    # pattern "head": heads per attention block; None reads model.config.num_attention_heads
+    num_attention_heads: int | None = None
 
     @property
     def criterion(self) -> str:
@@ -186,6 +188,14 @@ def _pattern(key: str, value: object) -> str:
     return parse_pattern(value, key).name
 
 
+def _optional_count(key: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{key}={value!r} must be a positive integer or null (null: read model.config)")
+    return int(value)
+
+
 _VALIDATORS = {
     "target_sparsity": _float_in(0.0, 1.0, high_open=True),
     "pruning_type": _choice(PRUNING_TYPES),
@@ -200,6 +210,7 @@ _VALIDATORS = {
     "sparsity_decay_type": _choice(tuple(DECAYS)),
     "min_sparsity_ratio_per_op": _float_in(0.0, 1.0),
     "max_sparsity_ratio_per_op": _float_in(0.0, 1.0),
+    "num_attention_heads": _optional_count,
 }
 
 

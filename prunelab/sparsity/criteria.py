@@ -45,6 +45,22 @@ class Criterion:
         Called op by op: each op's temporaries are freed before the next op's are made, so they
         stay in cache (building all ops' products first runs several times slower on CPU).
         """
+        return self.accumulate(state, pattern.reduce(self.elementwise(weight, grad)))
+
+    def elementwise(self, weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """This step's element-wise contribution (float32), before a pattern sums it per unit."""
+        raise NotImplementedError
+
+    def accumulate(self, state: torch.Tensor | None, fresh: torch.Tensor) -> torch.Tensor:
+        """The new state from the old one and this step's per-unit sums ``fresh`` (may reuse either).
+
+        Split from ``elementwise`` so that coupled units (``prunelab.sparsity.coupled``), whose
+        weights lie in several modules, sum the contributions of all their modules first.
+        """
+        return fresh
+
+    def magnitude(self, weight: torch.Tensor) -> torch.Tensor:
+        """Element-wise score of a criterion that needs no gradients (``magnitude``)."""
         raise NotImplementedError
 
     def score(self, state: torch.Tensor | None, weight: torch.Tensor, pattern: Pattern) -> torch.Tensor:
@@ -62,8 +78,11 @@ class Magnitude(Criterion):
     name = "magnitude"
     needs_grad = False
 
+    def magnitude(self, weight):
+        return weight.float().abs()
+
     def score(self, state, weight, pattern):
-        return pattern.reduce(weight.float().abs())
+        return pattern.reduce(self.magnitude(weight))
 
 
 class _LastStep(Criterion):
@@ -77,15 +96,15 @@ class _LastStep(Criterion):
 class Gradient(_LastStep):
     name = "gradient"
 
-    def observe(self, state, weight, grad, pattern):
-        return pattern.reduce(grad.float().abs())
+    def elementwise(self, weight, grad):
+        return grad.float().abs()
 
 
 class Snip(_LastStep):
     name = "snip"
 
-    def observe(self, state, weight, grad, pattern):
-        return pattern.reduce(_product(weight, grad).abs_())
+    def elementwise(self, weight, grad):
+        return _product(weight, grad).abs_()
 
 
 class SnipMomentum(Criterion):
@@ -94,8 +113,10 @@ class SnipMomentum(Criterion):
     def observes(self, step, schedule):
         return schedule.first_pruning_step - MOMENTUM_HORIZON <= step < schedule.last_update_step
 
-    def observe(self, state, weight, grad, pattern):
-        fresh = pattern.reduce(_product(weight, grad).abs_())
+    def elementwise(self, weight, grad):
+        return _product(weight, grad).abs_()
+
+    def accumulate(self, state, fresh):
         # fresh + 0.9 * state in one pass, written over the state
         return fresh if state is None else torch.add(fresh, state, alpha=MOMENTUM, out=state)
 
@@ -106,9 +127,11 @@ class Movement(Criterion):
     def observes(self, step, schedule):
         return step < schedule.last_update_step
 
-    def observe(self, state, weight, grad, pattern):
-        moved = pattern.reduce(_product(weight, grad))
-        return moved.neg_() if state is None else state.sub_(moved)
+    def elementwise(self, weight, grad):
+        return _product(weight, grad)
+
+    def accumulate(self, state, fresh):
+        return fresh.neg_() if state is None else state.sub_(fresh)
 
 
 CRITERIA = {c.name: c for c in (Magnitude(), Gradient(), Snip(), SnipMomentum(), Movement())}

@@ -26,20 +26,21 @@ def build_report(model: nn.Module, groups: list, step: int) -> dict:
     """
     ops = {}
     for group in groups:
-        for op in group.ops:
-            zeros = count_zeros(op.weight)
-            ops[op.name] = {
-                "shape": [op.view.rows, op.view.cols],
-                "numel": op.numel,
+        for name, weight, shape in group.report_ops():
+            zeros = count_zeros(weight)
+            numel = shape[0] * shape[1]
+            ops[name] = {
+                "shape": shape,
+                "numel": numel,
                 "zeros": zeros,
-                "sparsity": _ratio(zeros, op.numel),
+                "sparsity": _ratio(zeros, numel),
                 "pattern": group.pattern.name,
                 "group": group.index,
             }
     linear_conv = [m.weight for m in model.modules() if is_linear_or_conv(m) and isinstance(m.weight, torch.Tensor)]
     unique_linear_conv = list({id(w): w for w in linear_conv}.values())
     params = list(model.parameters())
-    return {
+    report = {
         "ops": ops,
         "unpruned_ops": [name for group in groups for name in group.unfit],
         "pruned_ops_sparsity": _ratio(sum(o["zeros"] for o in ops.values()), sum(o["numel"] for o in ops.values())),
@@ -54,9 +55,16 @@ def build_report(model: nn.Module, groups: list, step: int) -> dict:
                 "pruning_type": group.config.pruning_type,
                 "target_sparsity": group.target_sparsity,
                 "current_sparsity": group.current_sparsity(step),
-                "ops": [op.name for op in group.ops],
+                "ops": group.op_names,
             }
             for group in groups
         ],
         "step": step,
     }
+    units = {}
+    for group in groups:
+        for layer, kinds in getattr(group, "unit_counts", dict)().items():
+            units.setdefault(layer, {}).update(kinds)
+    if units:  # only with head / neuron groups: kept and total units per layer
+        report["units"] = units
+    return report

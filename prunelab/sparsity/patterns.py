@@ -9,6 +9,9 @@ into *units*, the things a criterion scores and a selection prunes whole:
 * ``N:M`` (``NInMPattern``): in every M consecutive weights along the input dim, N are pruned.
   A unit is one group of M; pruning it zeroes the N lowest-scoring weights of the group, so the
   pattern can prune at most N/M of an op.
+* ``head`` and ``neuron`` (``CoupledPattern``): units that span several modules of a transformer
+  layer (an attention head, an FFN neuron); their structure comes from ``coupling`` and their
+  masks from ``coupled``, so the pattern object only names them.
 
 Pattern objects hold no tensors; every method is a pure function of its arguments.
 """
@@ -24,7 +27,10 @@ import torch
 # only ever grow. Finite (unlike -inf) so that arithmetic on score buffers stays NaN-free.
 PRUNED_SCORE = -1e20
 
-PATTERN_FORMS = '"1x1", "NxM" (e.g. "4x1", "2x2", "1x4"), "1xchannel", "channelx1", "N:M" (e.g. "2:4", also written "2in4")'
+PATTERN_FORMS = (
+    '"1x1", "NxM" (e.g. "4x1", "2x2", "1x4"), "1xchannel", "channelx1", "N:M" (e.g. "2:4", also written "2in4"), '
+    '"head" (whole attention heads, INC: "mha"), "neuron" (whole FFN neurons)'
+)
 
 
 def with_pruned_last(scores: torch.Tensor, keep: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -40,6 +46,7 @@ class Pattern(ABC):
 
     name: str
     max_fraction: float  # the largest fraction of an op's weights this pattern can prune
+    coupled = False  # units inside one op (``CoupledPattern`` units span several modules)
 
     @abstractmethod
     def fits(self, rows: int, cols: int) -> bool:
@@ -196,6 +203,28 @@ class NInMPattern(Pattern):
         return groups.expand(-1, -1, self.m).reshape(rows, cols)
 
 
+class CoupledPattern:
+    """Whole structural units of a transformer layer, each spanning several modules.
+
+    ``head``: one attention head = its rows (weights and biases) in the query, key and value
+    projections plus its input columns in the attention output projection. ``neuron``: one FFN
+    neuron = its row (and bias) in the intermediate projection plus its input column in the FFN
+    output projection. Which modules those are comes from ``prunelab.sparsity.coupling``.
+    """
+
+    max_fraction = 1.0
+    coupled = True
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __str__(self) -> str:
+        return self.name
+
+
+# INC 2.x named multi-head-attention pruning "mha"; it is accepted and means "head".
+COUPLED_PATTERNS = {"head": "head", "mha": "head", "neuron": "neuron"}
+
 _BLOCK = re.compile(r"^(\d+)x(\d+)$")
 _N_IN_M = re.compile(r"^(\d+)(?::|in)(\d+)$")
 
@@ -210,6 +239,8 @@ def parse_pattern(value: object, where: str = "pattern") -> Pattern:
     if not isinstance(value, str):
         raise ValueError(f"{where}={value!r} must be a string; allowed: {PATTERN_FORMS}.")
     text = value.strip().lower()
+    if text in COUPLED_PATTERNS:
+        return CoupledPattern(COUPLED_PATTERNS[text])
     if text == "1xchannel":
         return BlockPattern("1xchannel", 1, None)
     if text == "channelx1":

@@ -66,29 +66,51 @@ class PruningGroup:
         self.blend_steps = min(PROGRESSIVE_STEPS, config.pruning_frequency) if config.progressive else 1
         self.blend_interval = config.pruning_frequency // self.blend_steps
         self.blend_start: int | None = None  # step of the update whose mask is being blended in
-        self.ops: list[PrunedOp] = []
-        self.unfit: list[str] = []
+        self.ops: list = []  # PrunedOp here; coupled.CoupledOp in a coupled group
+        self.unfit: list[str] = []  # ops matched but left dense: their shape does not fit the pattern
+        self.claimed: list[str] = [name for name, _, _ in matched]  # op names no other group may take
+        self._build_ops(matched)
+        self.numel = sum(op.numel for op in self.ops)
+        self.units = sum(op.units for op in self.ops)
+        # Per-unit scores and selection flags of the whole group, allocated at the first update.
+        self._scores: torch.Tensor | None = None
+        self._picked: torch.Tensor | None = None
+        self._helpers: list[object] = [None] * len(self.ops)
+        self.masked = self.locked and self._any_pruned()
+        self.lock_sparsity = (
+            sum(int((op.mask == 0).sum()) for op in self.ops) / self.numel if self.locked and self.numel else 0.0
+        )
+
+    def _build_ops(self, matched: list[tuple[str, nn.Module, str]]) -> None:
+        """One ``PrunedOp`` per matched op whose shape fits the pattern (every op when locked)."""
         offset = 0
         for name, module, kind in matched:
             view = OpView(kind, module.weight.shape)
             if not self.locked and not self.pattern.fits(view.rows, view.cols):
                 self.unfit.append(name)
                 continue
-            units = self.pattern.unit_count(view.rows, view.cols)
+            if self.locked:  # nothing is selected: one unit per weight, whatever the pattern
+                units, unit_weight = view.rows * view.cols, 1
+            else:
+                units, unit_weight = self.pattern.unit_count(view.rows, view.cols), self.pattern.unit_weight(view.rows, view.cols)
             with torch.no_grad():
                 mask = (module.weight != 0).to(module.weight.dtype) if self.locked else torch.ones_like(module.weight)
-            self.ops.append(PrunedOp(name, module, view, self.pattern.unit_weight(view.rows, view.cols), units, offset, mask))
+            self.ops.append(PrunedOp(name, module, view, unit_weight, units, offset, mask))
             offset += units
-        self.numel = sum(op.numel for op in self.ops)
-        self.units = offset
-        # Per-unit scores and selection flags of the whole group, allocated at the first update.
-        self._scores: torch.Tensor | None = None
-        self._picked: torch.Tensor | None = None
-        self._helpers: list[object] = [None] * len(self.ops)
-        self.masked = self.locked and any(bool((op.mask == 0).any()) for op in self.ops)
-        self.lock_sparsity = (
-            sum(int((op.mask == 0).sum()) for op in self.ops) / self.numel if self.locked and self.numel else 0.0
-        )
+
+    def _any_pruned(self) -> bool:
+        return any(bool((op.mask == 0).any()) for op in self.ops)
+
+    # --------------------------------------------------------------------------- reading out
+    @property
+    def op_names(self) -> list[str]:
+        """The modules whose weights this group prunes (report order)."""
+        return [op.name for op in self.ops]
+
+    def report_ops(self):
+        """``(name, weight, [out, in])`` for every module whose weight this group prunes."""
+        for op in self.ops:
+            yield op.name, op.weight, [op.view.rows, op.view.cols]
 
     # ----------------------------------------------------------------- hooks (called by api.Pruning)
     def current_sparsity(self, step: int) -> float:
@@ -167,9 +189,7 @@ class PruningGroup:
             self._scores = torch.empty(self.units, dtype=torch.float32, device=device)
             self._picked = torch.empty_like(self._scores)
         for position, op in enumerate(self.ops):
-            weight = op.view.to_2d(op.weight)
-            score = self.criterion.score(op.state, weight, self.pattern)
-            self._helpers[position] = self.pattern.unit_scores(score, op.view.to_2d(op.mask), self._scores[op.span])
+            self._helpers[position] = self._score(op, self._scores[op.span])
         total = float(self._scores.sum())
         if not math.isfinite(total):
             raise FloatingPointError(
@@ -189,6 +209,11 @@ class PruningGroup:
             self._blend(0)
         else:
             self.apply_masks()
+
+    def _score(self, op: PrunedOp, out: torch.Tensor) -> object:
+        """Write ``op``'s per-unit scores into ``out``; return what ``_set_mask`` needs."""
+        score = self.criterion.score(op.state, op.view.to_2d(op.weight), self.pattern)
+        return self.pattern.unit_scores(score, op.view.to_2d(op.mask), out)
 
     def _bounds(self, op: PrunedOp, sparsity: float) -> tuple[int, int]:
         """Fewest and most units ``op`` may lose at ``sparsity`` (min/max ratio per op)."""
@@ -290,17 +315,17 @@ class PruningGroup:
         return {
             "config": self.config.to_dict(),
             "blend_start": self.blend_start,
-            "ops": {
-                op.name: {
-                    "shape": list(op.weight.shape),
-                    "mask": op.mask.bool().cpu(),
-                    "state": None if op.state is None else op.state.detach().clone().cpu(),
-                    "final_mask": None if op.final_mask is None else op.final_mask.bool().cpu(),
-                    "stage": None if op.stage is None else op.stage.clone().cpu(),
-                    "pruned_units": op.pruned_units,
-                }
-                for op in self.ops
-            },
+            "ops": {op.name: self._op_state(op) for op in self.ops},
+        }
+
+    def _op_state(self, op: PrunedOp) -> dict:
+        return {
+            "shape": list(op.weight.shape),
+            "mask": op.mask.bool().cpu(),
+            "state": None if op.state is None else op.state.detach().clone().cpu(),
+            "final_mask": None if op.final_mask is None else op.final_mask.bool().cpu(),
+            "stage": None if op.stage is None else op.stage.clone().cpu(),
+            "pruned_units": op.pruned_units,
         }
 
     @torch.no_grad()
@@ -315,15 +340,17 @@ class PruningGroup:
         if list(saved["ops"]) != names:
             raise ValueError(f"pruning group {self.index}: checkpoint prunes ops {list(saved['ops'])}, this run {names}")
         for op in self.ops:
-            entry = saved["ops"][op.name]
-            if entry["shape"] != list(op.weight.shape):
-                raise ValueError(f"op {op.name}: checkpoint weight shape {entry['shape']}, model {list(op.weight.shape)}")
-            device, dtype = op.weight.device, op.weight.dtype
-            op.mask = entry["mask"].to(device, dtype)
-            op.state = None if entry["state"] is None else entry["state"].to(device)
-            op.final_mask = None if entry["final_mask"] is None else entry["final_mask"].to(device, dtype)
-            op.stage = None if entry["stage"] is None else entry["stage"].to(device)
-            op.pruned_units = int(entry["pruned_units"])
+            self._load_op(op, saved["ops"][op.name])
         self.blend_start = saved["blend_start"]
-        self.masked = any(bool((op.mask == 0).any()) for op in self.ops)
+        self.masked = self._any_pruned()
         self.apply_masks()
+
+    def _load_op(self, op: PrunedOp, entry: dict) -> None:
+        if entry.get("shape") != list(op.weight.shape):
+            raise ValueError(f"op {op.name}: checkpoint weight shape {entry.get('shape')}, model {list(op.weight.shape)}")
+        device, dtype = op.weight.device, op.weight.dtype
+        op.mask = entry["mask"].to(device, dtype)
+        op.state = None if entry["state"] is None else entry["state"].to(device)
+        op.final_mask = None if entry["final_mask"] is None else entry["final_mask"].to(device, dtype)
+        op.stage = None if entry["stage"] is None else entry["stage"].to(device)
+        op.pruned_units = int(entry["pruned_units"])

@@ -1,0 +1,67 @@
+"""``python -m prunelab.export RUN_DIR``: compact a saved run's model, export it to ONNX, measure.
+
+Writes ``RUN_DIR/export/`` (``model/``, ``model.onnx``, ``export.json``); see docs/compaction.md.
+Exit codes: 0 done, 1 the export failed its logit check or could not run, 2 bad arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from prunelab.export.run_dir import ExportError, export_run
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: batch sizes must be positive integers")
+    return sizes
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m prunelab.export",
+        description="Remove pruned attention heads and FFN neurons from RUN_DIR/model, export it to ONNX, check "
+        "that the logits match and measure latency; writes RUN_DIR/export/.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a prunelab run directory (holding model/) or a model directory")
+    p.add_argument("--output", default=None, help="where to write (default: RUN_DIR/export)")
+    p.add_argument("--runs", type=int, default=20, help="timed forward passes per measurement, median taken (0: no latency)")
+    p.add_argument("--batch-sizes", type=_sizes, default=(1, 32), help="comma-separated batch sizes to time (default 1,32)")
+    p.add_argument("--seq-len", type=int, default=128, help="sequence length of the timed inputs (default 128)")
+    p.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads (default 2)")
+    p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo", help="torch.onnx exporter")
+    p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export and ONNX Runtime checks")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed max |logit difference|")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.runs < 0 or args.seq_len < 2 or args.threads < 1:
+        print("prunelab.export: --runs must be >= 0, --seq-len >= 2, --threads >= 1", file=sys.stderr)
+        return 2
+    try:
+        report = export_run(
+            args.run_dir, args.output, runs=args.runs, batch_sizes=args.batch_sizes, sequence=args.seq_len,
+            threads=args.threads, onnx=not args.no_onnx, exporter=args.exporter, tolerance=args.tolerance,
+        )
+    except ExportError as error:
+        print(f"prunelab.export: {error}", file=sys.stderr)
+        return 1
+    except ImportError as error:
+        print(f"prunelab.export: {error}; install onnx, onnxruntime and onnxscript, or pass --no-onnx", file=sys.stderr)
+        return 1
+    params = report["parameters"]
+    print(
+        f"prunelab.export: {params['before']:,} -> {params['after']:,} parameters; "
+        f"max |logit diff| {report['max_abs_logit_diff']:.2g}; {report['note'].split(';')[0]}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""ONNX export of a (compacted) transformers encoder and its ONNX Runtime session.
+
+The exporter is ``torch.onnx.export(..., dynamo=True)`` (torch.export + onnxscript), with the batch
+and sequence axes dynamic; if it fails on a model, the TorchScript exporter (``dynamo=False``,
+deprecated but still shipped with torch 2.13) is tried, and the file records which one wrote it.
+Inputs are the ids the model's ``forward`` takes among ``input_ids``, ``attention_mask`` and
+``token_type_ids`` (int64 ``[batch, sequence]``); outputs are ``logits`` (or ``start_logits`` and
+``end_logits`` for question answering).
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+PROTOBUF_LIMIT = 1_800_000_000  # bytes of weights above which they go to an external data file
+
+
+def input_names(model: nn.Module) -> list[str]:
+    accepted = inspect.signature(model.forward).parameters
+    return [name for name in INPUT_NAMES if name in accepted]
+
+
+def output_names(model: nn.Module, example: dict[str, torch.Tensor]) -> list[str]:
+    with torch.no_grad():
+        outputs = model(**example)
+    if getattr(outputs, "logits", None) is not None:
+        return ["logits"]
+    if getattr(outputs, "start_logits", None) is not None:
+        return ["start_logits", "end_logits"]
+    raise ValueError(f"{type(model).__name__} returns neither logits nor start/end logits")
+
+
+class Outputs(nn.Module):
+    """Positional ids in, logits out: the graph ONNX sees."""
+
+    def __init__(self, model: nn.Module, inputs: list[str], outputs: list[str]):
+        super().__init__()
+        self.model = model
+        self.inputs = inputs
+        self.outputs = outputs
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        result = self.model(**{name: given[name] for name in self.inputs})
+        values = tuple(getattr(result, name) for name in self.outputs)
+        return values[0] if len(values) == 1 else values
+
+
+def example_inputs(model: nn.Module, batch: int, sequence: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random ids in the vocabulary, an attention mask with padding on every other row, zero types."""
+    generator = torch.Generator().manual_seed(seed)
+    vocab = int(getattr(model.config, "vocab_size", 100))
+    ids = torch.randint(0, vocab, (batch, sequence), generator=generator)
+    mask = torch.ones(batch, sequence, dtype=torch.long)
+    mask[1::2, max(1, sequence * 3 // 4) :] = 0
+    values = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    device = next(model.parameters()).device
+    return {name: values[name].to(device) for name in input_names(model)}
+
+
+def export_onnx(model: nn.Module, path: str | Path, opset: int | None = None, exporter: str = "dynamo") -> dict:
+    """Write ``model`` (eval mode) to ``path``; returns ``{"file", "exporter", "inputs", "outputs", ...}``.
+
+    ``exporter``: ``"dynamo"`` (default; falls back to ``"torchscript"`` if it raises) or
+    ``"torchscript"``.
+    """
+    path = Path(path)
+    model = model.eval()
+    example = example_inputs(model, batch=2, sequence=16)
+    names_in = list(example)
+    names_out = output_names(model, example)
+    wrapper = Outputs(model, names_in, names_out).eval()
+    args = tuple(example[name] for name in names_in)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    attempts = ["dynamo", "torchscript"] if exporter == "dynamo" else [exporter]
+    failures = []
+    for attempt in attempts:
+        try:
+            _export(wrapper, args, path, names_in, names_out, opset, attempt, weight_bytes > PROTOBUF_LIMIT)
+        except Exception as error:  # noqa: BLE001 - the fallback exporter gets its turn
+            failures.append(f"{attempt}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+            continue
+        return {
+            "file": path.name,
+            "exporter": f"torch.onnx.export(dynamo={attempt == 'dynamo'})",
+            "opset": _opset(path),
+            "inputs": names_in,
+            "outputs": names_out,
+            "dynamic_axes": {"0": "batch", "1": "sequence"},
+            "fallback_from": failures or None,
+        }
+    raise RuntimeError("ONNX export failed: " + "; ".join(failures))
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporters' progress lines, warnings and log records (e.g. "torchvision is not installed")."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _export(wrapper, args, path, names_in, names_out, opset, exporter, external) -> None:
+    with _quiet():
+        if exporter == "dynamo":
+            batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+            torch.onnx.export(
+                wrapper, args, str(path), dynamo=True, input_names=names_in, output_names=names_out,
+                opset_version=opset, dynamic_shapes={name: {0: batch, 1: sequence} for name in names_in},
+                external_data=external, verbose=False,
+            )
+        elif exporter == "torchscript":
+            torch.onnx.export(
+                wrapper, args, str(path), dynamo=False, input_names=names_in, output_names=names_out,
+                opset_version=opset or 17, dynamic_axes={name: {0: "batch", 1: "sequence"} for name in names_in},
+            )
+        else:
+            raise ValueError(f"unknown exporter {exporter!r}; choose dynamo or torchscript")
+
+
+def _opset(path: Path) -> int | None:
+    try:
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+        return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    except Exception:  # noqa: BLE001 - informational only
+        return None
+
+
+def ort_session(path: str | Path, threads: int = 2):
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads (one inter-op thread)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_ort(session, inputs: dict[str, torch.Tensor]) -> list[np.ndarray]:
+    wanted = {i.name for i in session.get_inputs()}
+    return session.run(None, {name: value.cpu().numpy() for name, value in inputs.items() if name in wanted})
+
+
+def torch_outputs(model: nn.Module, inputs: dict[str, torch.Tensor]) -> list[np.ndarray]:
+    with torch.no_grad():
+        result = model(**inputs)
+    names = ["logits"] if getattr(result, "logits", None) is not None else ["start_logits", "end_logits"]
+    return [getattr(result, name).detach().cpu().float().numpy() for name in names]
+
+
+def max_abs_diff(left: list[np.ndarray], right: list[np.ndarray]) -> float:
+    return max(float(np.max(np.abs(a - b))) if a.size else 0.0 for a, b in zip(left, right))

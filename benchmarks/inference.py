@@ -68,13 +68,116 @@ def train(names: list[str]) -> None:
         print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
 
 
+BASES = ("dense", "4x1", "2:4")
+APPROACHES = ("fp32", "dynamic", "static", "qat")
+SEQ, BATCHES, THREADS = 128, (1, 32), 2
+CALIBRATION_SAMPLES = 256  # as quant=static does by default
+
+
+def load_task(tokenizer):
+    """MRPC dev (408 pairs) and training data, tokenized as the runs did (max_length 128)."""
+    from hydra import compose, initialize_config_dir
+
+    from prunelab.app.config import build, register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["task=mrpc"])
+    task = build(cfg.task, data_root=str(DATA), max_length=128, max_train_samples=CALIBRATION_SAMPLES,
+                 max_eval_samples=None, seed=42)
+    return task, task.load(tokenizer)
+
+
+def median_ms(call, runs: int) -> float:
+    call()  # warm-up: first-call allocation and kernel selection
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def measure(runs: int) -> dict:
+    import torch
+    from torch.utils.data import DataLoader
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from prunelab.quant import load_quantized, quantize
+    from prunelab.train.evaluation import predict
+
+    torch.set_num_threads(THREADS)
+    tokenizer = AutoTokenizer.from_pretrained(run_dir("dense") / "model")
+    task, data = load_task(tokenizer)
+    eval_loader = DataLoader(data.eval, batch_size=64, collate_fn=data.collator)
+    calibration = list(DataLoader(data.train, batch_size=32, collate_fn=data.collator))
+    generator = torch.Generator().manual_seed(0)
+    inputs = {b: {"input_ids": torch.randint(1000, 20000, (b, SEQ), generator=generator),
+                  "attention_mask": torch.ones(b, SEQ, dtype=torch.long),
+                  "token_type_ids": torch.zeros(b, SEQ, dtype=torch.long)} for b in BATCHES}
+    rows = []
+    for base in BASES:
+        model = AutoModelForSequenceClassification.from_pretrained(run_dir(base) / "model").eval()
+        variants = {
+            "fp32": (model, (run_dir(base) / "model" / "model.safetensors").stat().st_size),
+            "dynamic": quantize(model, "dynamic", example_batch=calibration[0], num_threads=THREADS),
+            "static": quantize(model, "static", calibration, num_calibration_samples=CALIBRATION_SAMPLES,
+                               num_threads=THREADS),
+        }
+        qat_dir = run_dir(f"{base}-qat") / "quantized"
+        if qat_dir.is_dir():
+            variants["qat"] = load_quantized(qat_dir, num_threads=THREADS)
+        for approach, variant in variants.items():
+            runnable, size = variant if approach == "fp32" else (variant, variant.size_bytes)
+            logits, _ = predict(runnable, eval_loader, task, device="cpu")
+            metrics = task.compute_metrics(logits, data)
+            row = {"model": base, "approach": approach, "accuracy": metrics["accuracy"], "f1": metrics["f1"],
+                   "size_bytes": size}
+            with torch.no_grad():
+                for b in BATCHES:
+                    row[f"latency_ms_b{b}"] = median_ms(lambda: runnable(**inputs[b]), runs)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    for row in rows:  # ratios to the same model's fp32, measured in this process
+        fp32 = next(r for r in rows if r["model"] == row["model"] and r["approach"] == "fp32")
+        row["size_ratio"] = row["size_bytes"] / fp32["size_bytes"]
+        for b in BATCHES:
+            row[f"speedup_b{b}"] = fp32[f"latency_ms_b{b}"] / row[f"latency_ms_b{b}"]
+        row["accuracy_drop_points"] = 100 * (fp32["accuracy"] - row["accuracy"])
+    return {"date": time.strftime("%Y-%m-%d"), "threads": THREADS, "seq": SEQ, "runs": runs, "rows": rows,
+            "runs_used": {name: str(run_dir(name)) for name in RUNS}}
+
+
+def write_table(result: dict) -> str:
+    lines = [
+        f"# MRPC inference: fp32 vs int8 (all-MiniLM-L6-v2, {result['date']}, {result['threads']} threads, seq "
+        f"{result['seq']}, median of {result['runs']} runs; ratios to the same model's fp32 in the same process)", "",
+        "| model | approach | dev acc | F1 | acc drop (points) | size MB | size ratio | ms b1 | speedup b1 | ms b32 | speedup b32 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['model']} | {r['approach']} | {r['accuracy']:.4f} | {r['f1']:.4f} | {r['accuracy_drop_points']:+.2f} | "
+            f"{r['size_bytes'] / 1e6:.1f} | {r['size_ratio']:.2f}x | {r['latency_ms_b1']:.1f} | {r['speedup_b1']:.2f}x | "
+            f"{r['latency_ms_b32']:.0f} | {r['speedup_b32']:.2f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stage", choices=["train", "measure"])
     parser.add_argument("--runs", nargs="*", default=list(RUNS), choices=list(RUNS), help="which fine-tunes (train)")
+    parser.add_argument("--latency-runs", type=int, default=20, help="timed runs per figure (measure); the median is kept")
     args = parser.parse_args()
     if args.stage == "train":
         train(args.runs)
+    else:
+        result = measure(args.latency_runs)
+        (RESULTS / "inference_mrpc.json").write_text(json.dumps(result, indent=2) + "\n")
+        table = write_table(result)
+        (RESULTS / "inference_mrpc.md").write_text(table)
+        print(table)
 
 
 if __name__ == "__main__":

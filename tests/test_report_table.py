@@ -233,3 +233,20 @@ def test_cli_rejects_dirs_without_jobs(tmp_path: Path, capsys):
     assert "no jobs found under" in capsys.readouterr().err
     assert main([str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_int8_metrics_sit_beside_the_float_ones(tmp_path: Path):
+    sweep_dir = tmp_path / "sweep"
+    for job, (do_prune, seed, metric, int8) in enumerate([(False, 1, 0.80, None), (True, 1, 0.76, 0.75),
+                                                         (True, 2, 0.78, 0.74)]):
+        summary = fake_summary(do_prune, "4x1", 0.8, seed, metric)
+        if int8 is not None:
+            summary["quantization"] = {"approach": "static", "metrics": {"eval/accuracy": int8, "eval/f1": int8},
+                                       "size_bytes": 10, "float_size_bytes": 40}
+        write_job(sweep_dir / str(job), [f"do_prune={do_prune}", f"seed={seed}"], summary)
+    report = build_report([sweep_dir], plots=False)
+    text = report.markdown.read_text()
+    assert "| int8 accuracy (mean / max) |" in text
+    assert "| 0.7450 / 0.7500 (n=2) |" in text
+    rows = list(csv.DictReader(report.csv.open()))
+    assert (rows[0]["int8_mean"], rows[0]["int8_max"], rows[0]["int8_n"]) == ("0.745000", "0.750000", "2")

@@ -60,6 +60,11 @@ class Group:
     def max(self) -> float:
         return float(self._metrics().max()) if self.runs else math.nan
 
+    @property
+    def int8(self) -> list[float]:
+        """The int8 model's main metric of each run that quantized."""
+        return [job.int8_metric for job in self.runs if job.int8_metric is not None]
+
     def sparsity_mean(self, key: str) -> float:
         """Mean over seeds of a whole-model ratio from summary["sparsity"] (NaN where absent)."""
         values = [job.summary["sparsity"].get(key, math.nan) for job in self.runs]

@@ -46,6 +46,12 @@ class Job:
             return None
         return float(self.summary["metrics"][self.summary["main_metric"]])
 
+    @property
+    def int8_metric(self) -> float | None:
+        """The main metric of the run's int8 model (``quant=...``), or None."""
+        quantized = self.summary.get("quantization") if self.status == COMPLETED else None
+        return float(quantized["metrics"][self.summary["main_metric"]]) if quantized else None
+
 
 def _natural_key(path: Path) -> list:
     # job dirs are numbered 0, 1, ..., 10: sort 10 after 9, not after 1

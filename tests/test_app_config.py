@@ -10,7 +10,7 @@ import prunelab
 from prunelab.app.config import build
 from prunelab.app.run import _describe
 from prunelab.app.schema import check_config
-from prunelab.app.stages import check_pruning, engine_config
+from prunelab.app.stages import engine_config
 from prunelab.errors import ConfigError
 from prunelab.models import PretrainedModel, TinyBert
 from prunelab.tasks.base import Task

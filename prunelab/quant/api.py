@@ -8,7 +8,13 @@ from torch import nn
 from prunelab.errors import ConfigError
 from prunelab.quant import backend, convert
 from prunelab.quant.artifact import QuantizedModel
-from prunelab.quant.config import check_approach, check_num_calibration_samples, check_num_threads, check_regexes
+from prunelab.quant.config import (
+    check_approach,
+    check_flag,
+    check_num_calibration_samples,
+    check_num_threads,
+    check_regexes,
+)
 from prunelab.quant.qat import is_qat_prepared
 
 
@@ -22,6 +28,7 @@ def quantize(
     op_names: Sequence[str] = (),
     excluded_op_names: Sequence[str] = (),
     num_threads: int | None = None,
+    embeddings: bool = True,
 ) -> QuantizedModel:
     """An int8 copy of ``model`` (the model itself is not changed).
 
@@ -36,12 +43,17 @@ def quantize(
     op_names / excluded_op_names: regexes choosing the ``nn.Linear`` layers made int8 (the
         pruning engine's rule; default every Linear). For ``qat`` they were fixed by ``prepare_qat``.
     num_threads: CPU threads the compiled model uses (None: OpenVINO's default, all cores).
+    embeddings: store the ``nn.Embedding`` tables (word, position, token type) as int8 too,
+        symmetric per row with a float32 scale per row, dequantized right before the lookup
+        (default; for BERT-family models they are half or more of the weights). False keeps
+        them float32. For ``qat`` tables prepared by ``prepare_qat`` are converted as trained.
     """
     approach = check_approach(approach)
     limit = check_num_calibration_samples(num_calibration_samples)
     num_threads = check_num_threads(num_threads)
     op_names = check_regexes("op_names", op_names)
     excluded_op_names = check_regexes("excluded_op_names", excluded_op_names)
+    embeddings = check_flag("embeddings", embeddings)
     if approach == "qat" and (op_names or excluded_op_names):
         raise ConfigError("op_names/excluded_op_names: for approach='qat' the layers were chosen by prepare_qat()")
     if approach != "qat" and is_qat_prepared(model):
@@ -65,12 +77,14 @@ def quantize(
         example = _default_example(model)
 
     if approach == "dynamic":
-        ov_model, layers = convert.dynamic(model, example, op_names, excluded_op_names)
+        ov_model, layers, tables = convert.dynamic(model, example, op_names, excluded_op_names, embeddings)
     elif approach == "static":
-        ov_model, layers = convert.static(model, calibration, op_names, excluded_op_names)
+        ov_model, layers, tables = convert.static(model, calibration, op_names, excluded_op_names, embeddings)
     else:
-        ov_model, layers = convert.qat(model, example)
-    return QuantizedModel(ov_model, approach=approach, quantized_layers=layers, num_threads=num_threads)
+        ov_model, layers, tables = convert.qat(model, example, embeddings)
+    return QuantizedModel(
+        ov_model, approach=approach, quantized_layers=layers, quantized_embeddings=tables, num_threads=num_threads
+    )
 
 
 def _default_example(model: nn.Module) -> dict:

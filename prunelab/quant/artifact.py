@@ -3,8 +3,10 @@ all; load it anywhere OpenVINO is installed (no torch model, no transformers nee
 
 A saved model is a directory::
 
-    model.xml, model.bin     the OpenVINO graph and its constants (int8 Linear weights)
-    quantization.json        format, approach, input/output names, quantized layers, compile settings
+    model.xml, model.bin     the OpenVINO graph and its constants (int8 Linear weights and
+                             embedding tables, float32 scales, LayerNorm and biases)
+    quantization.json        format, approach, input/output names, quantized layers and
+                             embedding tables, compile settings
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from prunelab.quant.config import TARGET_KEYS, check_num_threads
 
 FORMAT = "prunelab.quant/1"
 MODEL_FILE, WEIGHTS_FILE, META_FILE = "model.xml", "model.bin", "quantization.json"
+FILES = (MODEL_FILE, WEIGHTS_FILE, META_FILE)
 
 
 class QuantizedOutput(dict):
@@ -42,11 +45,20 @@ class QuantizedModel:
     ``predict(batch)``; batches may carry ``labels`` (ignored), not other unknown keys."""
 
     def __init__(
-        self, ov_model, *, approach: str, quantized_layers, num_threads: int | None = None, compile_config=None, directory=None
+        self,
+        ov_model,
+        *,
+        approach: str,
+        quantized_layers,
+        quantized_embeddings=(),
+        num_threads: int | None = None,
+        compile_config=None,
+        directory=None,
     ):
         self.ov_model = ov_model
         self.approach = approach
         self.quantized_layers = tuple(quantized_layers)
+        self.quantized_embeddings = tuple(quantized_embeddings)
         self.num_threads = check_num_threads(num_threads)
         # A loaded model compiles with the settings it was saved with (same kernels, same numbers).
         self.compile_config = dict(compile_config) if compile_config is not None else backend.compile_config(approach, None)
@@ -117,8 +129,9 @@ class QuantizedModel:
 
     def _write(self, directory: Path) -> None:
         ov = backend.openvino()
-        # compress_to_fp16=False: the float parts (embeddings, LayerNorm) stay float32, so a
-        # reloaded model gives bit-identical outputs.
+        # compress_to_fp16=False: the float parts (scales, LayerNorm, biases, and embedding
+        # tables kept float with embeddings=False) stay float32, so a reloaded model gives
+        # bit-identical outputs.
         ov.save_model(self.ov_model, str(directory / MODEL_FILE), compress_to_fp16=False)
         meta = {
             "format": FORMAT,
@@ -126,6 +139,7 @@ class QuantizedModel:
             "inputs": list(self.input_names),
             "outputs": list(self.output_names),
             "quantized_layers": list(self.quantized_layers),
+            "quantized_embeddings": list(self.quantized_embeddings),
             "compile_config": self.compile_config,
             "openvino_version": ov.__version__,
             "torch_version": torch.__version__,
@@ -134,12 +148,14 @@ class QuantizedModel:
 
     @property
     def size_bytes(self) -> int:
-        """Bytes of the saved model files (graph + constants), as ``save`` writes them."""
-        if self._directory is not None and (self._directory / WEIGHTS_FILE).exists():
+        """Bytes on disk of what ``save`` writes (``model.xml`` + ``model.bin`` +
+        ``quantization.json``): read from the saved directory, or measured by writing the model
+        to a scratch directory once."""
+        if self._directory is not None and all((self._directory / name).is_file() for name in FILES):
             return _files_size(self._directory)
         if self._size is None:
             with tempfile.TemporaryDirectory() as scratch:
-                backend.openvino().save_model(self.ov_model, str(Path(scratch) / MODEL_FILE), compress_to_fp16=False)
+                self._write(Path(scratch))
                 self._size = _files_size(Path(scratch))
         return self._size
 
@@ -147,9 +163,15 @@ class QuantizedModel:
         """``{Linear module name: int8 codes [out, in]}`` as stored in the graph."""
         return backend.int8_weights(self.ov_model)
 
+    def int8_embeddings(self) -> dict[str, np.ndarray]:
+        """``{embedding module name: int8 codes [num_embeddings, dim]}`` as stored in the graph
+        (empty when quantized with ``embeddings=False``)."""
+        return backend.int8_embeddings(self.ov_model)
+
     def __repr__(self) -> str:
         return (
             f"QuantizedModel(approach={self.approach!r}, int8 layers={len(self.quantized_layers)}, "
+            f"int8 embedding tables={len(self.quantized_embeddings)}, "
             f"inputs={list(self.input_names)}, outputs={list(self.output_names)})"
         )
 
@@ -168,6 +190,7 @@ def load_quantized(directory, *, num_threads: int | None = None) -> QuantizedMod
         ov_model,
         approach=meta["approach"],
         quantized_layers=meta["quantized_layers"],
+        quantized_embeddings=meta.get("quantized_embeddings", ()),  # absent in files saved before int8 tables
         num_threads=num_threads,
         compile_config=meta["compile_config"],
         directory=directory,
@@ -186,4 +209,4 @@ def _numpy(value) -> np.ndarray:
 
 
 def _files_size(directory: Path) -> int:
-    return sum((directory / name).stat().st_size for name in (MODEL_FILE, WEIGHTS_FILE))
+    return sum((directory / name).stat().st_size for name in FILES)

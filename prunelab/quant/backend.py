@@ -79,31 +79,47 @@ def compile_model(ov_model, config: Mapping):
 
 # ------------------------------------------------------------------------------ int8 weights
 _MODULE_NAME = re.compile(r"^__module\.(.+?)/aten::linear/")
+_EMBEDDING_NAME = re.compile(r"^__module\.(.+?)/aten::embedding/")
 
 
 def int8_weights(ov_model) -> dict[str, np.ndarray]:
     """``{linear module name: int8 codes [out, in]}`` for every int8 weight feeding a Linear."""
+    return _int8_constants(ov_model, "MatMul", _MODULE_NAME)
+
+
+def int8_embeddings(ov_model) -> dict[str, np.ndarray]:
+    """``{embedding module name: int8 codes [num_embeddings, dim]}`` for every int8 table that an
+    embedding lookup (Gather) reads."""
+    return _int8_constants(ov_model, "Gather", _EMBEDDING_NAME)
+
+
+def _int8_constants(ov_model, kind: str, pattern: re.Pattern) -> dict[str, np.ndarray]:
     ov = openvino()
     found = {}
     for op in ov_model.get_ordered_ops():
         if op.get_type_name() != "Constant" or op.get_element_type() != ov.Type.i8:
             continue
-        name = _consumer_linear(op)
+        name = _consumer(op, kind, pattern)
         if name is not None:
             found[name] = op.get_data().copy()
     return found
 
 
-def _consumer_linear(op, depth: int = 0) -> str | None:
-    """Follow the decompression chain (Convert -> Multiply [-> Reshape/Transpose]) to the MatMul."""
+def _consumer(op, kind: str, pattern: re.Pattern, depth: int = 0) -> str | None:
+    """Follow the decompression chain (Convert -> Multiply [-> Reshape/Transpose]) from an int8
+    constant to the op of type ``kind`` that reads it (MatMul: a Linear's weight; Gather: an
+    embedding's table, its data input); that op's friendly name gives the module's name. The walk
+    stops at the first MatMul or Gather."""
     if depth > 6:
         return None
     for target in op.output(0).get_target_inputs():
         node = target.get_node()
-        match = _MODULE_NAME.match(node.get_friendly_name())
-        if node.get_type_name() == "MatMul" and match:
-            return match.group(1)
-        name = _consumer_linear(node, depth + 1)
+        if node.get_type_name() in ("MatMul", "Gather"):
+            match = pattern.match(node.get_friendly_name())
+            if node.get_type_name() == kind and match and (kind == "MatMul" or target.get_index() == 0):
+                return match.group(1)
+            continue
+        name = _consumer(node, kind, pattern, depth + 1)
         if name is not None:
             return name
     return None

@@ -2,9 +2,10 @@
 
     OMP_NUM_THREADS=1 python -m prunelab.quant.benchmark --threads 1
     python -m prunelab.quant.benchmark --threads 2 --candidates   # + torchao / ONNX Runtime / NNCF if installed
+    OMP_NUM_THREADS=1 python -m prunelab.quant.benchmark --sizes --shape minilm-l6   # size + error only, no timing
 
 Model: BERT-mini shape built from config (hidden 256, 4 layers, 4 heads, intermediate 1024,
-vocab 30522), random weights, encoder Linear layers pruned 2:4 by magnitude, classifier scaled so
+vocab 30522; ``--shape minilm-l6``: hidden 384, 6 layers, 12 heads, intermediate 1536), random weights, encoder Linear layers pruned 2:4 by magnitude, classifier scaled so
 logits are O(1). Inputs: random token ids, batch 32 x 128. Every candidate runs once per round
 and the median over rounds is reported, so noise from other processes hits all alike.
 Accuracy proxy: max |logit - fp32 logit| (absolute and relative to max |fp32 logit|).
@@ -24,11 +25,18 @@ import warnings
 import torch
 
 
-def build(batch: int, length: int, seed: int = 0):
+SHAPES = {
+    "bert-mini": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
+    # sentence-transformers/all-MiniLM-L6-v2: half of its 22.7M parameters are word embeddings
+    "minilm-l6": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+}
+
+
+def build(batch: int, length: int, seed: int = 0, shape: str = "bert-mini"):
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
-    config = BertConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024, num_labels=2)
+    config = BertConfig(**SHAPES[shape], vocab_size=30522, num_labels=2)
     model = BertForSequenceClassification(config).eval()
     with torch.no_grad():
         for name, module in model.named_modules():
@@ -155,6 +163,55 @@ def measure(candidates: dict, reference: torch.Tensor, rounds: int) -> dict:
     return results
 
 
+def sizes(model, inputs, calibration, threads) -> dict:
+    """Saved size (all files ``save`` writes) and logit error of every approach, with and without
+    int8 embedding tables, against the float model saved as OpenVINO IR (float32)."""
+    from prunelab.quant import backend, prepare_qat, quantize
+    from prunelab.quant.qat import attach_fake_quant_embeddings
+
+    with tempfile.TemporaryDirectory() as scratch:
+        backend.openvino().save_model(backend.convert(model, inputs), os.path.join(scratch, "model.xml"), compress_to_fp16=False)
+        float_bytes = sum(os.path.getsize(os.path.join(scratch, f)) for f in ("model.xml", "model.bin"))
+    with torch.no_grad():
+        reference = model(**inputs).logits
+        scale = float(reference.abs().max())
+        tables_only = copy.deepcopy(model)
+        attach_fake_quant_embeddings(tables_only)  # fp32 everywhere else: the tables' own error
+        tables_error = float((tables_only(**inputs).logits - reference).abs().max())
+    qat_model = {}
+    for embeddings in (True, False):
+        qat_model[embeddings] = prepare_qat(copy.deepcopy(model), embeddings=embeddings).train()
+        with torch.no_grad():  # stands in for fine-tuning: input ranges observed, weights unchanged
+            for batch in calibration:
+                qat_model[embeddings](**batch)
+    parameters = dict(model.named_parameters())
+    rows = {}
+    for embeddings in (True, False):
+        for approach in ("dynamic", "static", "qat"):
+            source = qat_model[embeddings] if approach == "qat" else model
+            int8 = quantize(source, approach, calibration, num_threads=threads, embeddings=embeddings)
+            error = float((int8(**inputs).logits - reference).abs().max())
+            rows[f"{approach}, embeddings={embeddings}"] = {
+                "size_bytes": int8.size_bytes, "ratio": int8.size_bytes / float_bytes,
+                "max_abs_logit_diff": error, "relative_diff": error / scale,
+                "int8_tables": list(int8.quantized_embeddings),
+            }
+    table_params = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    setting = {
+        "parameters": sum(p.numel() for p in parameters.values()), "embedding_parameters": table_params,
+        "float_ir_bytes": float_bytes, "float_state_dict_bytes": sum(t.numel() * t.element_size() for t in model.state_dict().values()),
+        "max_abs_fp32_logit": scale, "embeddings_only_max_abs_logit_diff": tables_error,
+        "embeddings_only_relative_diff": tables_error / scale,
+    }
+    print(json.dumps({"setting": setting, "results": rows}, indent=1))
+    print(f"\nfloat32 IR {float_bytes / 1e6:.1f} MB; int8 tables alone (torch, rest fp32): {tables_error / scale:.2%} of max logit")
+    print("| approach | size MB | vs fp32 | max abs logit diff | relative |")
+    print("|---|---:|---:|---:|---:|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['size_bytes'] / 1e6:.1f} | {r['ratio']:.3f}x | {r['max_abs_logit_diff']:.3f} | {r['relative_diff']:.2%} |")
+    return rows
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -162,11 +219,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--candidates", action="store_true", help="also time torchao / ONNX Runtime / NNCF if installed")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="bert-mini")
+    parser.add_argument("--sizes", action="store_true", help="only saved size and logit error per approach, embeddings on/off")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
     torch.set_num_threads(args.threads)
-    model, inputs, calibration = build(args.batch, args.length)
+    model, inputs, calibration = build(args.batch, args.length, shape=args.shape)
+    if args.sizes:
+        return sizes(model, inputs, calibration, args.threads)
     with torch.no_grad():
         reference = model(**inputs).logits
     candidates = {

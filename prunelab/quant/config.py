@@ -49,3 +49,9 @@ def check_num_threads(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"num_threads={value!r}: must be a positive number of CPU threads (or null: OpenVINO's default)")
     return value
+
+
+def check_flag(key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r}: must be true or false")
+    return value

@@ -2,6 +2,9 @@
 
 ``dynamic`` and ``static`` work on a CPU copy of the model (the caller's model is never touched);
 ``qat`` exports the model prepared with ``prepare_qat`` as trained (also from a copy).
+Each returns ``(openvino.Model, int8 Linear names, int8 embedding table names)``. With
+``embeddings`` the tables are rounded per row onto the int8 weight grid (``FakeQuantEmbedding``)
+before tracing; OpenVINO's converter stores them as int8 constants with per-row scales.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from torch import nn
 from prunelab.errors import ConfigError
 from prunelab.quant import backend
 from prunelab.quant.config import TARGET_KEYS
-from prunelab.quant.qat import attach_fake_quant, fake_quant_modules
+from prunelab.quant.qat import attach_fake_quant, attach_fake_quant_embeddings, fake_quant_embeddings, fake_quant_modules
 
 
 def model_inputs(batch: Mapping, key: str = "batch") -> dict[str, torch.Tensor]:
@@ -53,19 +56,28 @@ def _cpu_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).cpu().eval()
 
 
-def dynamic(model: nn.Module, example: Mapping[str, torch.Tensor], op_names, excluded_op_names):
+def _tables(work: nn.Module, embeddings: bool) -> list[str]:
+    return attach_fake_quant_embeddings(work) if embeddings else []
+
+
+def dynamic(model: nn.Module, example: Mapping[str, torch.Tensor], op_names, excluded_op_names, embeddings: bool = True):
     """int8 weights; the CPU plugin quantizes each Linear's input at run time."""
     work = _cpu_copy(model)
     names = attach_fake_quant(work, quantize_inputs=False, observer="off", op_names=op_names, excluded_op_names=excluded_op_names)
-    return backend.convert(work, example), names
+    tables = _tables(work, embeddings)
+    return backend.convert(work, example), names, tables
 
 
-def static(model: nn.Module, calibration: list[dict[str, torch.Tensor]], op_names, excluded_op_names):
-    """int8 weights and inputs; input ranges are the min/max over the calibration batches."""
+def static(
+    model: nn.Module, calibration: list[dict[str, torch.Tensor]], op_names, excluded_op_names, embeddings: bool = True
+):
+    """int8 weights and inputs; input ranges are the min/max over the calibration batches
+    (measured with the int8 embedding tables, i.e. on what the int8 model will see)."""
     work = _cpu_copy(model)
     names = attach_fake_quant(
         work, quantize_inputs=True, observer="minmax", op_names=op_names, excluded_op_names=excluded_op_names
     )
+    tables = _tables(work, embeddings)
     with torch.no_grad():
         for inputs in calibration:
             work(**inputs)
@@ -74,11 +86,13 @@ def static(model: nn.Module, calibration: list[dict[str, torch.Tensor]], op_name
         raise ConfigError(f"calibration_batches: the calibration forward passes never reached {unseen[:5]}")
     for _, module in fake_quant_modules(work):
         module.observer = "off"
-    return backend.convert(work, calibration[0]), names
+    return backend.convert(work, calibration[0]), names, tables
 
 
-def qat(model: nn.Module, example: Mapping[str, torch.Tensor]):
-    """The QAT model as trained: int8 weights, inputs on the ranges learned in training."""
+def qat(model: nn.Module, example: Mapping[str, torch.Tensor], embeddings: bool = True):
+    """The QAT model as trained: int8 weights, inputs on the ranges learned in training, embedding
+    tables as trained (int8 when ``prepare_qat(embeddings=True)``, the default). With
+    ``embeddings``, tables trained in float32 (``prepare_qat(embeddings=False)``) are rounded now."""
     modules = fake_quant_modules(model)
     if not modules:
         raise ConfigError("approach='qat': the model was not prepared with prepare_qat(model) before fine-tuning")
@@ -88,6 +102,12 @@ def qat(model: nn.Module, example: Mapping[str, torch.Tensor]):
             f"approach='qat': {len(unseen)} layer(s) never saw a training forward pass, so they have no input range "
             f"(first: {unseen[0]}); train at least one step after prepare_qat(model)"
         )
+    if not embeddings and fake_quant_embeddings(model):
+        raise ConfigError(
+            "embeddings=False: the model was prepared with prepare_qat(embeddings=True) and trained with int8 embedding "
+            "tables; call prepare_qat(model, embeddings=False) before fine-tuning to keep them float32"
+        )
     work = _cpu_copy(model)
-    return backend.convert(work, example), [name for name, _ in modules]
+    tables = _tables(work, embeddings)
+    return backend.convert(work, example), [name for name, _ in modules], tables
 

@@ -1,10 +1,13 @@
-"""``FakeQuantLinear``: an ``nn.Linear`` that computes with int8-rounded weights (and inputs).
+"""``FakeQuantLinear``: an ``nn.Linear`` that computes with int8-rounded weights (and inputs);
+``FakeQuantEmbedding``: an ``nn.Embedding`` that looks up rows of its int8-rounded table.
 
 A Linear becomes one *in place*: its class is swapped (as ``torch.nn.utils.parametrize`` does) and
 three buffers are added. The module object, its name, its ``weight``/``bias`` Parameter objects and
 any hooks stay the same, so everything that holds them keeps working whatever the order of
 set-up: the pruning engine (it selects ``nn.Linear`` and subclasses, masks ``module.weight`` in
-place), the optimizer, checkpoints, accelerate. ``restore_linear`` swaps back.
+place), the optimizer, checkpoints, accelerate. ``restore_linear`` swaps back. An embedding
+table becomes a ``FakeQuantEmbedding`` the same way, with no buffer at all (weights only: its
+input is a token id); ``restore_embedding`` swaps back.
 
 Activation ranges are observed in one of three ways (``observer``):
 ``"ema"`` (QAT: moving average of batch min/max while ``training``), ``"minmax"`` (static
@@ -93,4 +96,45 @@ def restore_linear(module: FakeQuantLinear) -> nn.Linear:
     for name in ("quantize_inputs", "observer", "ema_momentum", "_range_known"):
         module.__dict__.pop(name, None)
     module.__class__ = nn.Linear
+    return module
+
+
+class FakeQuantEmbedding(nn.Embedding):
+    """Created only by ``to_fake_quant_embedding`` from an existing ``nn.Embedding``.
+
+    The table is rounded per row (one scale per token / position) onto the int8 weight grid, then
+    rows are looked up: exactly what the exported graph computes (int8 table -> float32 ->
+    times the row scales -> Gather). Gradients pass straight through the rounding."""
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("FakeQuantEmbedding is made from an nn.Embedding by prepare_qat() / quantize(), not constructed")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.embedding(input, fake_quantize_weight(self.weight), self.padding_idx, None, 2.0, self.scale_grad_by_freq)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, weight=int8/per-row"
+
+
+def can_fake_quant_embedding(module: nn.Module) -> bool:
+    """A plain ``nn.Embedding`` whose lookup is a pure Gather with a dense gradient: not
+    ``max_norm`` (it rewrites the table in place at every lookup, which an int8 table cannot do)
+    and not ``sparse`` (the rounded table is a dense tensor, so its gradient would be dense)."""
+    return type(module) is nn.Embedding and module.max_norm is None and not module.sparse
+
+
+def to_fake_quant_embedding(embedding: nn.Embedding) -> FakeQuantEmbedding:
+    """Turn ``embedding`` (see ``can_fake_quant_embedding``) into a ``FakeQuantEmbedding`` in
+    place and return it."""
+    if not can_fake_quant_embedding(embedding):
+        raise TypeError(
+            f"only nn.Embedding modules without max_norm and sparse become FakeQuantEmbedding, got {embedding!r}"
+        )
+    embedding.__class__ = FakeQuantEmbedding
+    return embedding
+
+
+def restore_embedding(module: FakeQuantEmbedding) -> nn.Embedding:
+    """Undo ``to_fake_quant_embedding`` in place: a plain ``nn.Embedding`` with the same Parameter."""
+    module.__class__ = nn.Embedding
     return module

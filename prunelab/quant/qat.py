@@ -1,7 +1,9 @@
-"""Which Linear layers are quantized, and quantization-aware training set-up and tear-down.
+"""Which Linear layers and embedding tables are quantized, and quantization-aware training
+set-up and tear-down.
 
-``prepare_qat(model)`` turns the selected ``nn.Linear`` modules into ``FakeQuantLinear`` in place
-(same module objects, same Parameters): fine-tuning then sees int8-rounded weights and inputs.
+``prepare_qat(model)`` turns the selected ``nn.Linear`` modules into ``FakeQuantLinear`` and the
+``nn.Embedding`` tables into ``FakeQuantEmbedding`` in place (same module objects, same
+Parameters): fine-tuning then sees int8-rounded weights, inputs and embedding tables.
 It works before or after ``prunelab.sparsity.prepare_pruning`` and before or after the optimizer
 is built; the documented order is prepare_qat -> prepare_pruning -> optimizer.
 """
@@ -13,8 +15,16 @@ from collections.abc import Sequence
 from torch import nn
 
 from prunelab.errors import ConfigError
-from prunelab.quant.config import check_regexes
-from prunelab.quant.modules import FakeQuantLinear, restore_linear, to_fake_quant
+from prunelab.quant.config import check_flag, check_regexes
+from prunelab.quant.modules import (
+    FakeQuantEmbedding,
+    FakeQuantLinear,
+    can_fake_quant_embedding,
+    restore_embedding,
+    restore_linear,
+    to_fake_quant,
+    to_fake_quant_embedding,
+)
 
 
 def select_linears(
@@ -38,6 +48,20 @@ def fake_quant_modules(model: nn.Module) -> list[tuple[str, FakeQuantLinear]]:
     return [(name, module) for name, module in model.named_modules() if isinstance(module, FakeQuantLinear)]
 
 
+def fake_quant_embeddings(model: nn.Module) -> list[tuple[str, FakeQuantEmbedding]]:
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, FakeQuantEmbedding)]
+
+
+def attach_fake_quant_embeddings(model: nn.Module) -> list[str]:
+    """Make every plain ``nn.Embedding`` table (word, position, token type, ...) an int8-rounded
+    ``FakeQuantEmbedding`` in place; returns the names of all fake-quantized tables (including
+    any made so before). Tables with ``max_norm`` or ``sparse`` stay float."""
+    for _, module in model.named_modules():
+        if can_fake_quant_embedding(module):
+            to_fake_quant_embedding(module)
+    return [name for name, _ in fake_quant_embeddings(model)]
+
+
 def attach_fake_quant(
     model: nn.Module,
     *,
@@ -48,7 +72,7 @@ def attach_fake_quant(
     ema_momentum: float = 0.01,
 ) -> list[str]:
     """Make the selected Linear layers fake-quantized in place; returns their names."""
-    if fake_quant_modules(model):
+    if fake_quant_modules(model) or fake_quant_embeddings(model):
         raise ConfigError(
             "model: it already carries FakeQuantLinear modules (prepare_qat was called); "
             "call strip_qat(model) first or use approach='qat'"
@@ -70,17 +94,20 @@ def prepare_qat(
     op_names: Sequence[str] = (),
     excluded_op_names: Sequence[str] = (),
     ema_momentum: float = 0.01,
+    embeddings: bool = True,
 ) -> nn.Module:
     """Prepare ``model`` for quantization-aware training, in place; returns ``model``.
 
     Every selected Linear computes with int8-rounded weights (symmetric per output channel) and
     uint8-rounded inputs whose range is a moving average (``ema_momentum`` per training forward)
-    of batch min/max. Gradients pass straight through the rounding. Pruned (zero) weights round
-    to exactly zero, so the pruning engine's masks hold. ``quantize(model, "qat")`` then
-    converts it to int8 with exactly the rounding trained with.
+    of batch min/max. With ``embeddings`` (default) every ``nn.Embedding`` table is rounded per
+    row onto the same int8 grid. Gradients pass straight through the rounding. Pruned (zero)
+    weights round to exactly zero, so the pruning engine's masks hold. ``quantize(model, "qat")``
+    then converts it to int8 with exactly the rounding trained with.
     """
     if not 0.0 < ema_momentum <= 1.0:
         raise ConfigError(f"ema_momentum={ema_momentum!r}: must be in (0, 1]")
+    check_flag("embeddings", embeddings)
     attach_fake_quant(
         model,
         quantize_inputs=True,
@@ -89,16 +116,21 @@ def prepare_qat(
         excluded_op_names=excluded_op_names,
         ema_momentum=ema_momentum,
     )
+    if embeddings:
+        attach_fake_quant_embeddings(model)
     return model
 
 
 def strip_qat(model: nn.Module) -> nn.Module:
-    """Turn every ``FakeQuantLinear`` back into ``nn.Linear`` in place (same Parameters), e.g. to
-    ``save_pretrained`` the float model without the QAT range buffers; returns ``model``."""
+    """Turn every ``FakeQuantLinear`` back into ``nn.Linear`` and every ``FakeQuantEmbedding``
+    back into ``nn.Embedding`` in place (same Parameters), e.g. to ``save_pretrained`` the float
+    model without the QAT range buffers; returns ``model``."""
     for _, module in fake_quant_modules(model):
         restore_linear(module)
+    for _, module in fake_quant_embeddings(model):
+        restore_embedding(module)
     return model
 
 
 def is_qat_prepared(model: nn.Module) -> bool:
-    return bool(fake_quant_modules(model))
+    return bool(fake_quant_modules(model) or fake_quant_embeddings(model))

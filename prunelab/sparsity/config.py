@@ -62,7 +62,10 @@ class GroupConfig:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
-KEYS = tuple(f.name for f in dataclasses.fields(GroupConfig))
+# prunelab's own keys beyond INC 2.x's (an INC recipe file has none of them).
+EXTENSION_KEYS = ("num_attention_heads",)
+KEYS = tuple(f.name for f in dataclasses.fields(GroupConfig) if f.name not in EXTENSION_KEYS)  # INC's keys
+ALL_KEYS = (*KEYS, *EXTENSION_KEYS)
 
 
 @dataclass(frozen=True)
@@ -113,9 +116,9 @@ def parse_config(config: object) -> PruningConfig:
 
 
 def _check_keys(keys: Mapping, where: str) -> None:
-    unknown = sorted(set(keys) - set(KEYS))
+    unknown = sorted(set(keys) - set(ALL_KEYS))
     if unknown:
-        raise ValueError(f"unknown pruning key {where}{unknown[0]!r}; allowed keys: {', '.join(KEYS)}, pruning_configs")
+        raise ValueError(f"unknown pruning key {where}{unknown[0]!r}; allowed keys: {', '.join(ALL_KEYS)}, pruning_configs")
 
 
 def _build_group(values: dict, where: dict) -> GroupConfig:

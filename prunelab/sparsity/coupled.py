@@ -136,6 +136,7 @@ class CoupledGroup(PruningGroup):
         self._problems = problems
         self._modules = dict(model.named_modules())
         super().__init__(index, config, matched)
+        del self._modules  # only needed while building the ops
         # Only the modules of its structures belong to the group: a "head" group leaves the FFN
         # modules it matched free for another group (a "neuron" one, say).
         own = {name for s in self._complete for name in s.members} | set(self._partial_members)

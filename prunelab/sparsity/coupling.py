@@ -15,8 +15,15 @@ contributes nothing to the attention output (a layer that loses every head outpu
 projection's bias), a pruned neuron nothing to the FFN output. ``prunelab.export`` uses the same
 table to cut the units out physically.
 
+Three more names per kind serve compaction only: ``block`` (the module that computes all the units
+from the layer input, replaced when a layer keeps none), ``source`` (the rows module whose zero
+rows leave a unit's output constant: the value projection, the FFN input projection) and
+``activation`` (between ``source`` and ``cols``; ``None`` for heads, whose softmax average of a
+constant is that constant).
+
 To support another architecture, add one ``Architecture`` line; ``find_structures`` finds every
-layer of a model that has all the modules of a kind.
+layer of a model that has all the modules of a kind. The engine imports nothing from transformers:
+layers are recognised by module names alone.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from torch import nn
 from prunelab.sparsity.config import PROGRESSIVE_STEPS, GroupConfig
 from prunelab.sparsity.criteria import CRITERIA
 from prunelab.sparsity.ops import OpView
-from prunelab.sparsity.patterns import PRUNED_SCORE, BlockPattern
+from prunelab.sparsity.patterns import PRUNED_SCORE
 from prunelab.sparsity.schedules import Schedule
 from prunelab.sparsity.selection import lowest_by_weight, lowest_k
 

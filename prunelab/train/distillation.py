@@ -1,9 +1,16 @@
 """Knowledge distillation from a frozen teacher: the ``distill`` config group.
 
-loss = task loss + loss_weight * mean over the task's logit tensors of KL(teacher || student) on
-softmax at ``temperature``, scaled by T^2 (one-output regression heads use MSE instead).
-Per-token logits (shape [batch, seq], e.g. SQuAD start/end) ignore padding positions, so teacher
-logits precomputed under one padding give the same loss under any other.
+Every option is a training-loop callback (see ``prunelab.train.loop``) built on ``TeacherDistiller``:
+a frozen teacher (by default a copy of the student's starting weights: the dense fine-tuned model
+being pruned) moved to the training device, whose targets are computed per batch or, with
+``precompute``, once before training and looked up by example index. With ``replace_task_loss``
+the loop trains on the distillation term alone (``replaces_task_loss``), as INC's examples did.
+
+``kd`` (``KnowledgeDistiller``, here): loss_weight * mean over the task's logit tensors of
+KL(teacher || student) on softmax at ``temperature``, scaled by T^2 (one-output regression heads use
+MSE instead). Per-token logits (shape [batch, seq], e.g. SQuAD start/end) ignore padding positions,
+so teacher logits precomputed under one padding give the same loss under any other.
+``hidden_mse`` and ``simkd`` (feature distillation) live in ``prunelab.train.feature_distillation``.
 """
 from __future__ import annotations
 
@@ -29,26 +36,24 @@ def no_distillation(task: Task, student: torch.nn.Module) -> None:
     return None
 
 
-class KnowledgeDistiller:
-    """teacher: a model directory; null = a frozen copy of the student's starting weights (the
-    dense fine-tuned model being pruned). precompute: run the teacher once over the training set
-    before training and look its logits up by example index instead of a teacher pass per step."""
+class TeacherDistiller:
+    """What every distiller shares. teacher: a model directory; null = a frozen copy of the
+    student's starting weights. precompute: run the teacher once over the training set before
+    training and look its targets up by example index instead of a teacher pass per step.
+    replace_task_loss: the loop trains on ``extra_loss`` alone instead of task loss + extra_loss.
 
-    def __init__(
-        self,
-        task: Task,
-        student: torch.nn.Module,
-        teacher: str | None = None,
-        temperature: float = 2.0,
-        loss_weight: float | None = None,
-        precompute: bool = False,
-    ):
-        if temperature <= 0:
-            raise ConfigError(f"distill.temperature={temperature}: must be > 0")
+    A subclass gives ``_teacher_targets(batch)`` (a tuple of [batch, ...] tensors, no gradient) and
+    ``extra_loss``; ``forward_kwargs`` are passed to the student's forward by the loop."""
+
+    forward_kwargs: dict = {}
+    fill_value = 0.0  # fills stored per-token targets past each batch's length
+
+    def __init__(self, task: Task, student: torch.nn.Module, teacher: str | None, loss_weight: float | None,
+                 precompute: bool, replace_task_loss: bool):
         self.task = task
-        self.temperature = temperature
         self.loss_weight = DEFAULT_LOSS_WEIGHT if loss_weight is None else loss_weight
         self.precompute = precompute
+        self.replaces_task_loss = replace_task_loss
         self.teacher = copy.deepcopy(student) if teacher is None else _load_teacher(task, teacher)
         self.teacher.eval().requires_grad_(False)
         self.accelerator = None
@@ -61,7 +66,7 @@ class KnowledgeDistiller:
         self.prepare(trainer.accelerator, ordered)
 
     def prepare(self, accelerator, ordered_loader: DataLoader) -> None:
-        """Move the teacher to the training device; precompute its logits when asked.
+        """Move the teacher to the training device; precompute its targets when asked.
 
         ordered_loader: the training set in dataset order, batches carrying ``example_index``.
         """
@@ -70,43 +75,73 @@ class KnowledgeDistiller:
         if self.precompute:
             self.stored = self._precompute(ordered_loader)
 
-    def extra_loss(self, outputs, batch: dict, example_index: torch.Tensor) -> torch.Tensor:
-        """Training-loop hook: the distillation term added to the task loss."""
-        student = self.task.logits(outputs)
-        teacher = self._lookup(example_index, student) if self.stored is not None else self._teacher_logits(batch)
-        mask = batch.get("attention_mask")
-        terms = [self._divergence(s, t.to(s.dtype), mask) for s, t in zip(student, teacher)]
-        return self.loss_weight * torch.stack(terms).mean()
+    def _teacher_targets(self, batch: dict) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
 
-    def _teacher_logits(self, batch: dict) -> tuple[torch.Tensor, ...]:
-        with torch.no_grad(), self.accelerator.autocast():
-            return tuple(t.detach() for t in self.task.logits(self.teacher(**batch)))
+    def _targets(self, batch: dict, example_index: torch.Tensor, like: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """The teacher's targets for this batch, shaped like the student's ``like`` tensors."""
+        if self.stored is not None:
+            return self._lookup(example_index, like)
+        return self._teacher_targets(batch)
 
     def _precompute(self, loader: DataLoader) -> tuple[torch.Tensor, ...]:
         chunks: list[tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = []
         for batch in loader:
             batch = send_to_device(dict(batch), self.accelerator.device)
             index = batch.pop(EXAMPLE_INDEX)
-            chunks.append((index.cpu(), tuple(t.float().cpu() for t in self._teacher_logits(batch))))
+            chunks.append((index.cpu(), tuple(t.float().cpu() for t in self._teacher_targets(batch))))
         count = sum(len(index) for index, _ in chunks)
         stored = []
         for position in range(len(chunks[0][1])):
-            # Per-token logits come padded to each batch's length: keep the widest.
-            width = tuple(max(sizes) for sizes in zip(*(logits[position].shape[1:] for _, logits in chunks)))
-            table = torch.full((count, *width), PADDING_LOGIT)
-            for index, logits in chunks:
-                values = logits[position]
+            # Per-token targets come padded to each batch's length: keep the widest.
+            width = tuple(max(sizes) for sizes in zip(*(targets[position].shape[1:] for _, targets in chunks)))
+            table = torch.full((count, *width), self.fill_value)
+            for index, targets in chunks:
+                values = targets[position]
                 table[(index, *(slice(0, n) for n in values.shape[1:]))] = values
             stored.append(table)
         return tuple(stored)
 
-    def _lookup(self, example_index: torch.Tensor, student: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    def _lookup(self, example_index: torch.Tensor, like: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         rows = []
-        for table, like in zip(self.stored, student):
+        for table, student in zip(self.stored, like):
             picked = table[example_index.cpu()]
-            picked = picked[(slice(None), *(slice(0, n) for n in like.shape[1:]))]
-            rows.append(picked.to(like.device))
+            picked = picked[(slice(None), *(slice(0, n) for n in student.shape[1:]))]
+            rows.append(picked.to(student.device))
         return tuple(rows)
+
+
+class KnowledgeDistiller(TeacherDistiller):
+    """``distill=kd``: logit distillation (module docstring)."""
+
+    fill_value = PADDING_LOGIT
+
+    def __init__(
+        self,
+        task: Task,
+        student: torch.nn.Module,
+        teacher: str | None = None,
+        temperature: float = 2.0,
+        loss_weight: float | None = None,
+        replace_task_loss: bool = False,
+        precompute: bool = False,
+    ):
+        if temperature <= 0:
+            raise ConfigError(f"distill.temperature={temperature}: must be > 0")
+        super().__init__(task, student, teacher, loss_weight, precompute, replace_task_loss)
+        self.temperature = temperature
+
+    def extra_loss(self, outputs, batch: dict, example_index: torch.Tensor) -> torch.Tensor:
+        """Training-loop hook: the distillation term (added to the task loss, or replacing it)."""
+        student = self.task.logits(outputs)
+        teacher = self._targets(batch, example_index, student)
+        mask = batch.get("attention_mask")
+        terms = [self._divergence(s, t.to(s.dtype), mask) for s, t in zip(student, teacher)]
+        return self.loss_weight * torch.stack(terms).mean()
+
+    def _teacher_targets(self, batch: dict) -> tuple[torch.Tensor, ...]:
+        with torch.no_grad(), self.accelerator.autocast():
+            return tuple(t.detach() for t in self.task.logits(self.teacher(**batch)))
 
     def _divergence(self, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if mask is not None and student.shape == mask.shape:

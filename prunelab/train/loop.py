@@ -9,11 +9,14 @@ the distiller, INC's ``compression_manager.callbacks`` ...). Each may implement 
   ``on_after_optimizer_step()``, ``on_train_end()``, once per optimizer step (``step`` counts
   optimizer steps);
 - ``extra_loss(outputs, batch, example_index) -> Tensor``: a term added to the task loss;
+  ``replaces_task_loss = True``: the loss is the sum of the ``extra_loss`` terms alone;
+  ``forward_kwargs``: keywords the model's training forward gets (``output_hidden_states``);
 - ``state_dict()`` / ``load_state_dict()``: saved in checkpoints and restored on resume.
 """
 from __future__ import annotations
 
 import math
+import re
 import signal
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -26,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from prunelab.errors import RunInterrupted
+from prunelab.errors import ConfigError, RunInterrupted
 from prunelab.tasks.base import Task, TaskData
 from prunelab.train.batching import EXAMPLE_INDEX, EpochShuffle, IndexedCollator, IndexedDataset
 from prunelab.train.checkpointing import CheckpointPolicy, LoopPosition, read_position
@@ -43,6 +46,8 @@ class TrainConfig:
     per_device_train_batch_size: int
     per_device_eval_batch_size: int
     weight_decay: float = 0.0
+    # Regexes (re.search) of module names whose parameters get no weight decay (e.g. classifier).
+    no_decay_modules: tuple[str, ...] = ()
     adam_betas: tuple[float, float] = (0.9, 0.999)
     lr_scheduler_type: str = "linear"
     num_warmup_steps: int = 0
@@ -84,7 +89,8 @@ class Trainer:
         )
         eval_loader = DataLoader(data.eval, batch_size=config.per_device_eval_batch_size, collate_fn=data.collator)
         optimizer = torch.optim.AdamW(
-            _parameter_groups(model, config.weight_decay), lr=config.learning_rate, betas=tuple(config.adam_betas)
+            _parameter_groups(model, config.weight_decay, config.no_decay_modules),
+            lr=config.learning_rate, betas=tuple(config.adam_betas),
         )
         self.model, self.optimizer, self.train_loader, self.eval_loader = accelerator.prepare(
             model, optimizer, train_loader, eval_loader
@@ -166,6 +172,8 @@ class Trainer:
         if position.micro:
             loader = self.accelerator.skip_first_batches(self.train_loader, position.micro)
         loader.set_epoch(position.epoch)
+        forward_kwargs = {k: v for c in callbacks for k, v in getattr(c, "forward_kwargs", {}).items()}
+        replaced = any(getattr(c, "replaces_task_loss", False) for c in callbacks)
         self.model.train()
         for micro, batch in enumerate(loader, start=position.micro):
             opens_step = micro % accumulation == 0
@@ -175,11 +183,9 @@ class Trainer:
             example_index = batch.pop(EXAMPLE_INDEX)
             # Gradients of the micro-batches inside a step stay local (no all-reduce) until the last.
             with nullcontext() if closes_step else self.accelerator.no_sync(self.model):
-                outputs = self.model(**batch)
-                loss = outputs.loss
-                for callback in callbacks:
-                    if hasattr(callback, "extra_loss"):
-                        loss = loss + callback.extra_loss(outputs, batch, example_index)
+                outputs = self.model(**batch, **forward_kwargs)
+                extra = [c.extra_loss(outputs, batch, example_index) for c in callbacks if hasattr(c, "extra_loss")]
+                loss = sum(extra[1:], extra[0]) if replaced else sum(extra, outputs.loss)
                 self.accelerator.backward(loss / accumulation)
             losses.append(loss.detach().float().item())
             if not closes_step:
@@ -245,10 +251,26 @@ def _call(callbacks, hook: str, *args) -> None:
             method(*args)
 
 
-def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only; biases and LayerNorm weights (1-D) are not decayed."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def _parameter_groups(model: torch.nn.Module, weight_decay: float, no_decay_modules: Sequence[str] = ()) -> list[dict]:
+    """Weight decay on matrices only; biases and LayerNorm weights (1-D) are not decayed, nor the
+    parameters of modules whose name a ``no_decay_modules`` regex finds (``re.search``)."""
+    patterns = []
+    for pattern in no_decay_modules:
+        try:
+            patterns.append(re.compile(pattern))
+        except re.error as error:
+            raise ConfigError(
+                f"no_decay_modules={list(no_decay_modules)}: {pattern!r} is not a regular expression ({error})"
+            ) from None
+        if not any(patterns[-1].search(name) for name, _ in model.named_modules()):
+            raise ConfigError(f"no_decay_modules={list(no_decay_modules)}: {pattern!r} matches no module of the model")
+
+    def decayed(name: str, p: torch.nn.Parameter) -> bool:
+        module = name.rpartition(".")[0]
+        return p.dim() >= 2 and not any(pattern.search(module) for pattern in patterns)
+
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     return [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for name, p in named if decayed(name, p)], "weight_decay": weight_decay},
+        {"params": [p for name, p in named if not decayed(name, p)], "weight_decay": 0.0},
     ]

@@ -1,5 +1,7 @@
-"""Knowledge distillation: the loss by hand, and precomputed teacher logits equal to online ones
-under any batch order and padding (sentence-level GLUE logits and per-token SQuAD logits)."""
+"""Knowledge distillation: each option's loss by hand (kd, hidden_mse, simkd), precomputed teacher
+targets equal to online ones under any batch order and padding (sentence-level GLUE logits, per-token
+SQuAD logits, pooled features), replacing vs adding to the task loss in the loop, the classifier
+without weight decay, and a short run through the training loop with each option."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +13,8 @@ from prunelab.errors import ConfigError
 from prunelab.models import TinyBert, character_tokenizer
 from prunelab.train.batching import EXAMPLE_INDEX, IndexedCollator, IndexedDataset
 from prunelab.train.distillation import KnowledgeDistiller
+from prunelab.train.feature_distillation import HiddenStateKnowledgeDistiller, ReusedClassifierKnowledgeDistiller
+from prunelab.train.loop import Trainer, TrainConfig, _parameter_groups
 
 
 def _setup(make_config, *overrides):
@@ -73,3 +77,223 @@ def test_non_positive_temperature_is_refused(make_config):
     task, _, student = _setup(make_config, "task=sst2")
     with pytest.raises(ConfigError, match=r"^distill.temperature=0: must be > 0"):
         KnowledgeDistiller(task, student, temperature=0)
+
+
+# ---- replace_task_loss, hidden_mse, simkd, classifier without weight decay ---------------------
+
+def _ordered(data):
+    return DataLoader(IndexedDataset(data.train), batch_size=16, collate_fn=IndexedCollator(data.collator))
+
+
+def _drift(model, scale=0.2):
+    """The student moves away from its starting copy (the teacher) so the losses are not zero."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(scale * torch.randn_like(parameter))
+
+
+def _prepared(distiller, data):
+    distiller.prepare(Accelerator(cpu=True), _ordered(data))
+    return distiller
+
+
+def _deeper_teacher(task, directory):
+    """A 4-layer tiny BERT saved where ``distill.teacher`` can load it."""
+    torch.manual_seed(3)
+    TinyBert(num_hidden_layers=4).load_model(task.auto_model_class(), **task.model_kwargs()).save_pretrained(directory)
+    return str(directory)
+
+
+def test_hidden_mse_is_weighted_mse_of_the_last_hidden_states(make_config):
+    task, data, student = _setup(make_config, "task=mrpc")
+    distiller = _prepared(HiddenStateKnowledgeDistiller(task, student, loss_weight=5.0), data)
+    _drift(student)
+    batch, index = _batch(data, [7, 70, 3, 41, 88])
+    with torch.no_grad():
+        outputs = student(**batch, output_hidden_states=True)
+        loss = distiller.extra_loss(outputs, batch, index)
+        teacher = distiller.teacher(**batch, output_hidden_states=True).hidden_states[-1]
+    by_hand = 5.0 * ((outputs.hidden_states[-1] - teacher) ** 2).mean()
+    assert distiller.pairs == [(2, 2)] and distiller.replaces_task_loss
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    assert loss.item() > 1e-3
+
+
+def test_hidden_mse_replacing_the_task_loss_freezes_what_it_cannot_reach(make_config):
+    task, _, student = _setup(make_config, "task=mrpc")
+    replacing = HiddenStateKnowledgeDistiller(task, student)
+    # The last hidden state reaches neither the pooler nor the classifier: the reference's optimizer
+    # left them untouched (no gradient); frozen, the optimizer and DDP leave them out too.
+    assert sorted(replacing.frozen) == ["bert.pooler.dense.bias", "bert.pooler.dense.weight", "classifier.bias", "classifier.weight"]
+    assert not student.classifier.weight.requires_grad and student.bert.encoder.layer[1].output.dense.weight.requires_grad
+    _, _, other = _setup(make_config, "task=mrpc")
+    middle = HiddenStateKnowledgeDistiller(task, other, layers=[1])
+    assert {name.split(".")[3] for name in middle.frozen if name.startswith("bert.encoder.layer.")} == {"1"}
+    _, _, adding = _setup(make_config, "task=mrpc")
+    assert HiddenStateKnowledgeDistiller(task, adding, replace_task_loss=False).frozen == []
+    assert all(p.requires_grad for p in adding.parameters())
+
+
+def test_hidden_mse_layer_map_matches_a_deeper_teacher(make_config, tmp_path):
+    task, data, student = _setup(make_config, "task=mrpc")
+    teacher = _deeper_teacher(task, tmp_path / "teacher")
+    distiller = _prepared(HiddenStateKnowledgeDistiller(task, student, teacher=teacher, loss_weight=2.0,
+                                                        layer_map={1: 2, -1: -1}), data)
+    assert distiller.pairs == [(1, 2), (2, 4)]
+    batch, index = _batch(data, [1, 2, 3])
+    with torch.no_grad():
+        outputs = student(**batch, output_hidden_states=True)
+        loss = distiller.extra_loss(outputs, batch, index)
+        states = distiller.teacher(**batch, output_hidden_states=True).hidden_states
+    s = outputs.hidden_states
+    by_hand = 2.0 * (((s[1] - states[2]) ** 2).mean() + ((s[2] - states[4]) ** 2).mean()) / 2
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    # Without a map the last layer matches the teacher's last; any other depth needs the map.
+    assert HiddenStateKnowledgeDistiller(task, student, teacher=teacher).pairs == [(2, 4)]
+    with pytest.raises(ConfigError, match=r"^distill.layers=\[1\]: the student has 2 layers and the teacher 4; give distill.layer_map"):
+        HiddenStateKnowledgeDistiller(task, student, teacher=teacher, layers=[1])
+    with pytest.raises(ConfigError, match=r"^distill.layer_map=\{1: 7\}: 7 is not a hidden-state index of a 4-layer model"):
+        HiddenStateKnowledgeDistiller(task, student, teacher=teacher, layer_map={1: 7})
+    with pytest.raises(ConfigError, match=r"^distill.layers=\[2\]: student layer 2 has no entry in distill.layer_map"):
+        HiddenStateKnowledgeDistiller(task, student, teacher=teacher, layers=[2], layer_map={1: 2})
+
+
+@pytest.mark.parametrize("name", ["hidden_mse", "simkd"])
+def test_precomputed_features_equal_online_ones(make_config, name):
+    task, data, student = _setup(make_config, "task=mrpc")
+    kinds = {"hidden_mse": lambda **kw: HiddenStateKnowledgeDistiller(task, student, positions="cls", layers=[1, 2], **kw),
+             "simkd": lambda **kw: ReusedClassifierKnowledgeDistiller(task, student, **kw)}
+    online, stored = (_prepared(kinds[name](precompute=flag), data) for flag in (False, True))
+    _drift(student)
+    batch, index = _batch(data, [90, 5, 33, 61])
+    # simkd keeps its head's input only where a gradient is wanted (training forwards).
+    with torch.enable_grad() if name == "simkd" else torch.no_grad():
+        expected = online.extra_loss(student(**batch, **online.forward_kwargs), batch, index)
+        got = stored.extra_loss(student(**batch, **stored.forward_kwargs), batch, index)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5) and expected.item() > 0
+
+
+def test_precompute_of_per_token_features_is_refused(make_config):
+    task, _, student = _setup(make_config, "task=mrpc")
+    with pytest.raises(ConfigError, match=r"^distill.precompute=true: per-token hidden states \(distill.positions=all\)"):
+        HiddenStateKnowledgeDistiller(task, student, precompute=True)
+    squad = build(make_config("task=squad").task, data_root=None, max_length=64, max_train_samples=None,
+                  max_eval_samples=None, seed=0)
+    with pytest.raises(ConfigError, match=r"^distill.precompute=true: simkd's teacher features are per token"):
+        ReusedClassifierKnowledgeDistiller(squad, student, precompute=True)
+
+
+def test_simkd_loss_and_the_reused_teacher_classifier(make_config):
+    task, data, student = _setup(make_config, "task=mrpc")
+    distiller = _prepared(ReusedClassifierKnowledgeDistiller(task, student, loss_weight=3.0), data)
+    # Starting from the teacher's copy with P = identity, the student's head is the teacher's.
+    assert torch.equal(student.classifier.weight, distiller.teacher.classifier.weight)
+    assert not student.classifier.weight.requires_grad
+    _drift(student)
+    with torch.no_grad():
+        distiller.projector.weight.add_(0.1 * torch.randn_like(distiller.projector.weight))
+        distiller.projector.bias.add_(0.1)
+        distiller.fold()
+    batch, index = _batch(data, [7, 70, 3])
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.enable_grad():
+        loss = distiller.extra_loss(student(**batch), batch, index)
+    with torch.no_grad():
+        feature = student.bert(**inputs).pooler_output  # eval mode: the head's input, no dropout
+        target = distiller.teacher.bert(**inputs).pooler_output
+        projected = distiller.projector(feature)
+        by_hand = 3.0 * ((projected - target) ** 2).mean()
+        logits = student(**batch).logits
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5) and loss.item() > 1e-4
+    # The student predicts with the teacher's classifier on projected features.
+    torch.testing.assert_close(logits, distiller.teacher.classifier(projected), rtol=1e-4, atol=1e-5)
+
+
+def test_classifier_without_weight_decay(make_config):
+    task, _, model = _setup(make_config, "task=mrpc")
+    decayed, plain = _parameter_groups(model, 0.1, ["classifier"])
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert (decayed["weight_decay"], plain["weight_decay"]) == (0.1, 0.0)
+    assert "classifier.weight" in {names[id(p)] for p in plain["params"]}
+    assert {names[id(p)] for p in decayed["params"]} == {
+        n for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("classifier")}
+    # Default: today's groups (matrices decayed, vectors not).
+    default, _ = _parameter_groups(model, 0.1)
+    assert "classifier.weight" in {names[id(p)] for p in default["params"]}
+    with pytest.raises(ConfigError, match=r"^no_decay_modules=\['clasifier'\]: 'clasifier' matches no module"):
+        _parameter_groups(model, 0.1, ["clasifier"])
+    with pytest.raises(ConfigError, match=r"^no_decay_modules=\['\('\]: '\(' is not a regular expression"):
+        _parameter_groups(model, 0.1, ["("])
+
+
+def _tiny_run(make_config, build_distiller, **train):
+    """Two epochs of 5 optimizer steps on 40 tiny SST-2 sentences; records each micro-batch's task
+    loss and distillation term as the loop computed them."""
+    cfg = make_config("task=sst2")
+    task = build(cfg.task, data_root=cfg.data_root, max_length=32, max_train_samples=40, max_eval_samples=16, seed=0)
+    data = task.load(character_tokenizer())
+    torch.manual_seed(0)
+    model = TinyBert().load_model(task.auto_model_class(), **task.model_kwargs())
+    distiller = build_distiller(task, model)
+    settings = dict(learning_rate=1e-3, num_train_epochs=1, per_device_train_batch_size=8, per_device_eval_batch_size=8,
+                    progress_bar=False, **train)
+    trainer = Trainer(model, task, data, TrainConfig(**settings), Accelerator(cpu=True))
+    records = []
+    original = distiller.extra_loss
+
+    def recording(outputs, batch, example_index):
+        value = original(outputs, batch, example_index)
+        records.append((outputs.loss.item(), value.item()))
+        return value
+
+    distiller.extra_loss = recording
+    final = trainer.fit(callbacks=[distiller])
+    return model, distiller, records, final
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "replaced"),
+    [
+        ("kd", lambda task, model: KnowledgeDistiller(task, model), False),
+        ("kd-replace", lambda task, model: KnowledgeDistiller(task, model, replace_task_loss=True), True),
+        ("hidden_mse", lambda task, model: HiddenStateKnowledgeDistiller(task, model, loss_weight=5.0), True),
+        ("hidden_mse-add", lambda task, model: HiddenStateKnowledgeDistiller(task, model, replace_task_loss=False), False),
+        ("simkd", lambda task, model: ReusedClassifierKnowledgeDistiller(task, model), True),
+    ],
+)
+def test_each_option_trains_through_the_loop(make_config, name, make, replaced):
+    model, distiller, records, final = _tiny_run(make_config, make)
+    assert len(records) == 5 and all(extra >= 0 for _, extra in records)
+    # The loop's loss is the distillation term alone when it replaces the task loss, else the sum.
+    expected = [extra if replaced else task + extra for task, extra in records]
+    assert final.metrics["train/loss"] == pytest.approx(sum(expected) / len(expected), rel=1e-5)
+    assert records[-1][1] > 0  # the student has moved away from its teacher
+    assert 0.0 <= final.metrics["eval/accuracy"] <= 1.0
+
+
+def test_simkd_run_leaves_a_stock_model_predicting_with_the_reused_classifier(make_config, tmp_path):
+    model, distiller, _, final = _tiny_run(make_config, lambda task, m: ReusedClassifierKnowledgeDistiller(task, m),
+                                           adam_betas=(0.9, 0.9))
+    projector = distiller.projector
+    assert not torch.equal(projector.weight, torch.eye(projector.weight.shape[0]))  # P was trained
+    torch.testing.assert_close(model.classifier.weight, distiller.teacher.classifier.weight @ projector.weight)
+    torch.testing.assert_close(model.classifier.bias,
+                               distiller.teacher.classifier.weight @ projector.bias + distiller.teacher.classifier.bias)
+    assert distiller.optimizer.param_groups[0]["betas"] == (0.9, 0.9)
+    model.save_pretrained(tmp_path / "model")
+    reloaded = type(model).from_pretrained(tmp_path / "model")
+    assert set(reloaded.state_dict()) == set(model.state_dict())
+    state = distiller.state_dict()
+    fresh = ReusedClassifierKnowledgeDistiller(distiller.task, reloaded)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.projector.weight, projector.weight) and fresh.pending_optimizer_state is not None
+
+
+def test_hidden_mse_run_leaves_the_task_head_as_the_teacher_s(make_config):
+    model, distiller, _, _ = _tiny_run(make_config, lambda task, m: HiddenStateKnowledgeDistiller(task, m),
+                                       weight_decay=0.1, no_decay_modules=("classifier",))
+    assert torch.equal(model.classifier.weight, distiller.teacher.classifier.weight)
+    assert torch.equal(model.bert.pooler.dense.weight, distiller.teacher.bert.pooler.dense.weight)
+    assert not torch.equal(model.bert.encoder.layer[1].output.dense.weight,
+                           distiller.teacher.bert.encoder.layer[1].output.dense.weight)

@@ -1,12 +1,15 @@
 """The quantization engine on a tiny BERT: int8 logits close to fp32, pruned zeros exactly zero in
-the int8 weights, QAT fine-tuning under the pruning engine's hooks, and errors naming the key."""
+the int8 weights, int8 embedding tables on the same grid, QAT fine-tuning under the pruning
+engine's hooks, and errors naming the key."""
+import copy
+
 import pytest
 import torch
 from torch import nn
 from transformers import BertConfig, BertForSequenceClassification
 
 import prunelab
-from prunelab.quant import FakeQuantLinear, prepare_qat, quantize, strip_qat
+from prunelab.quant import FakeQuantEmbedding, FakeQuantLinear, prepare_qat, quantize, strip_qat
 from prunelab.quant.grid import fake_quantize_weight, weight_codes
 
 pytest.importorskip("openvino")
@@ -24,6 +27,9 @@ BERT_LINEARS = [
         "output.dense",
     )
 ]
+
+
+EMBEDDINGS = [f"bert.embeddings.{kind}_embeddings" for kind in ("word", "position", "token_type")]
 
 
 def tiny_bert(seed=0):
@@ -92,12 +98,14 @@ def quantized(pruned):
 
 
 # ------------------------------------------------------------------------------ accuracy
-# Tolerance, relative to the largest fp32 logit. int8 rounding moves each weight by at most half
-# a step (0.4% of its row's largest weight) and each static input by half a step of its
-# calibrated range (0.2%, plus clipping where a test input leaves that range); through 7
-# quantized matmuls per path this is measured, on this model over seeds 0-3, as 1.2-1.6% of the
-# logit scale for dynamic and 1.5-4.3% for static (per-tensor ranges from 24 random examples).
-# The tolerances are about twice the worst measured case. The float export itself is exact
+# Tolerance, relative to the largest fp32 logit. int8 rounding moves each weight (and embedding
+# table entry) by at most half a step (0.4% of its row's largest value) and each static input by
+# half a step of its calibrated range (0.2%, plus clipping where a test input leaves that range);
+# through 7 quantized matmuls per path this is measured, on this model over seeds 0-3, as
+# 1.4-1.8% of the logit scale for dynamic and 1.9-3.3% for static (per-tensor ranges from 24
+# random examples), with int8 embedding tables (the default); with float32 tables
+# (embeddings=False) it was 1.2-1.6% and 1.5-4.3%. The tolerances are about twice the worst
+# measured case. The float export itself is exact
 # (test_the_float_export_matches_torch_on_other_shapes_and_padding), so all of this error is
 # int8 rounding.
 RELATIVE_TOLERANCE = {"dynamic": 0.04, "static": 0.09}
@@ -152,6 +160,58 @@ def test_pruned_zeros_are_exactly_zero_in_the_int8_weights(pruned, quantized, ap
     weight = pruned.bert.encoder.layer[0].output.dense.weight.detach()
     codes = torch.from_numpy(stored["bert.encoder.layer.0.output.dense"])
     assert float(codes[weight != 0].ne(0).float().mean()) > 0.95
+
+
+@pytest.mark.parametrize("approach", ["dynamic", "static"])
+def test_embedding_tables_are_stored_as_int8_codes_on_the_weight_grid(pruned, quantized, approach):
+    """Word, position and token type tables: int8 codes per row (the same grid as the Linear
+    weights), read back from the graph; the padding row (all zeros) stays exactly zero."""
+    int8 = quantized[approach]
+    assert int8.quantized_embeddings == tuple(EMBEDDINGS)
+    tables = int8.int8_embeddings()
+    assert sorted(tables) == sorted(EMBEDDINGS)
+    for name in EMBEDDINGS:
+        weight = pruned.get_submodule(name).weight.detach()
+        codes = torch.from_numpy(tables[name])
+        assert codes.dtype == torch.int8 and codes.shape == weight.shape
+        assert torch.equal(codes, weight_codes(weight)), name
+    padding = pruned.config.pad_token_id
+    assert bool((pruned.bert.embeddings.word_embeddings.weight[padding] == 0).all())
+    assert bool((torch.from_numpy(tables[EMBEDDINGS[0]])[padding] == 0).all())
+    # The Linear read-back is unchanged: tables are not mistaken for Linear weights.
+    assert not set(tables) & set(int8.int8_weights())
+
+
+def test_int8_tables_compute_exactly_what_torch_computes_with_rounded_tables(pruned):
+    """The int8 tables alone (every Linear float): the graph (int8 constant -> f32 -> times the
+    row scales -> Gather) reproduces the torch model with FakeQuantEmbedding tables to float
+    precision, and the rounding of the tables costs little (measured 0.5% of the logit scale)."""
+    from prunelab.quant import backend
+    from prunelab.quant.qat import attach_fake_quant_embeddings
+
+    rounded = copy.deepcopy(pruned)
+    assert attach_fake_quant_embeddings(rounded) == EMBEDDINGS
+    assert all(isinstance(rounded.get_submodule(name), FakeQuantEmbedding) for name in EMBEDDINGS)
+    graph = backend.convert(rounded, {k: v for k, v in batches(1)[0].items() if k != "labels"})
+    assert sorted(backend.int8_embeddings(graph)) == sorted(EMBEDDINGS) and backend.int8_weights(graph) == {}
+    compiled = backend.compile_model(graph, {"INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "f32"})
+    expected = logits(rounded)
+    assert float((torch.from_numpy(compiled(TEST_INPUTS)[0]) - expected).abs().max()) < 1e-5
+    reference = logits(pruned)
+    assert 0 < float((expected - reference).abs().max()) < 0.015 * float(reference.abs().max())
+
+
+def test_embeddings_false_keeps_the_tables_float32(pruned, quantized):
+    float_tables = quantize(pruned, "dynamic", batches(1), embeddings=False, num_threads=1)
+    assert float_tables.quantized_embeddings == () and float_tables.int8_embeddings() == {}
+    assert sorted(float_tables.int8_weights()) == sorted(quantized["dynamic"].int8_weights())
+    # int8 tables save 3 of every 4 bytes of the tables (less one float32 scale per row).
+    tables = [pruned.get_submodule(name).weight for name in EMBEDDINGS]
+    saving = sum(3 * w.numel() - 4 * w.shape[0] for w in tables)
+    assert abs(float_tables.size_bytes - quantized["dynamic"].size_bytes - saving) < 0.02 * saving
+    reference = logits(pruned)
+    error = float((float_tables(**TEST).logits - reference).abs().max() / reference.abs().max())
+    assert 0 < error < RELATIVE_TOLERANCE["dynamic"]
 
 
 def test_fake_quantized_weights_keep_zeros_and_lie_on_the_int8_grid():
@@ -210,6 +270,11 @@ def test_qat_fine_tuning_keeps_pruned_weights_exactly_zero_and_masks_in_pattern(
     assert [op.name for op in ops] == BERT_LINEARS
     assert all(isinstance(op.module, FakeQuantLinear) and op.module is model.get_submodule(op.name) for op in ops)
     assert {id(op.weight) for op in ops} <= {id(p) for group in optimizer.param_groups for p in group["params"]}
+    # The embedding tables train int8-rounded too (prepare_qat's default), same Parameter objects.
+    tables = {name: model.get_submodule(name) for name in EMBEDDINGS}
+    assert all(isinstance(table, FakeQuantEmbedding) for table in tables.values())
+    assert {id(t.weight) for t in tables.values()} <= {id(p) for group in optimizer.param_groups for p in group["params"]}
+    before = {name: table.weight.detach().clone() for name, table in tables.items()}
     masks = {}
 
     def check(step):
@@ -237,6 +302,11 @@ def test_qat_fine_tuning_keeps_pruned_weights_exactly_zero_and_masks_in_pattern(
         codes = torch.from_numpy(stored[op.name])
         assert bool((codes[op.mask == 0] == 0).all()), f"{op.name}: a pruned weight has a nonzero int8 code"
         assert torch.equal(codes, weight_codes(op.weight)), op.name
+    stored_tables = int8.int8_embeddings()
+    assert int8.quantized_embeddings == tuple(EMBEDDINGS) and sorted(stored_tables) == sorted(EMBEDDINGS)
+    for name, table in tables.items():
+        assert not torch.equal(table.weight, before[name]), f"{name} did not train"  # gradients reached the table
+        assert torch.equal(torch.from_numpy(stored_tables[name]), weight_codes(table.weight)), name
     # Converted with exactly the rounding trained with: the int8 model matches the fake-quantized
     # torch model up to float summation order (an input rounding flipping at most one step).
     reference = logits(model)
@@ -245,16 +315,37 @@ def test_qat_fine_tuning_keeps_pruned_weights_exactly_zero_and_masks_in_pattern(
 
 def test_strip_qat_gives_back_plain_linears_with_the_same_parameters():
     model = tiny_bert()
-    weights = {name: model.get_submodule(name).weight for name in BERT_LINEARS}
+    weights = {name: model.get_submodule(name).weight for name in BERT_LINEARS + EMBEDDINGS}
+    keys = set(model.state_dict())
     before = logits(model)
     prepare_qat(model, excluded_op_names=["classifier", "pooler"])
     assert type(model.classifier) is nn.Linear
     assert all(isinstance(model.get_submodule(n), FakeQuantLinear) for n in BERT_LINEARS)
+    assert all(isinstance(model.get_submodule(n), FakeQuantEmbedding) for n in EMBEDDINGS)
     assert "bert.encoder.layer.0.attention.self.query.act_low" in model.state_dict()
+    assert not torch.equal(logits(model), before)
     strip_qat(model)
-    assert all(type(model.get_submodule(n)) is nn.Linear and model.get_submodule(n).weight is w for n, w in weights.items())
-    assert not any(".act_" in key for key in model.state_dict())
+    plain = {n: nn.Embedding if n in EMBEDDINGS else nn.Linear for n in weights}
+    assert all(type(model.get_submodule(n)) is plain[n] and model.get_submodule(n).weight is w for n, w in weights.items())
+    assert set(model.state_dict()) == keys
     assert torch.equal(logits(model), before)
+
+
+def test_qat_with_float_embedding_tables_rounds_them_at_conversion_or_keeps_them():
+    """prepare_qat(embeddings=False): the tables train in float32; quantize(..., "qat") then
+    rounds them post-training (embeddings=True, the default) or keeps them float32."""
+    model = prepare_qat(tiny_bert(), embeddings=False)
+    assert all(type(model.get_submodule(n)) is nn.Embedding for n in EMBEDDINGS)
+    with torch.no_grad():
+        model.train()(**batches(1)[0])  # input ranges, as one training step would observe them
+    model.eval()
+    rounded = quantize(model, "qat", example_batch=TEST_INPUTS, num_threads=1)
+    assert sorted(rounded.int8_embeddings()) == sorted(EMBEDDINGS)
+    assert all(type(model.get_submodule(n)) is nn.Embedding for n in EMBEDDINGS)  # the model is untouched
+    kept = quantize(model, "qat", example_batch=TEST_INPUTS, num_threads=1, embeddings=False)
+    assert kept.int8_embeddings() == {} and sorted(kept.int8_weights()) == sorted(rounded.int8_weights())
+    reference = logits(model)
+    assert float((kept(**TEST).logits - reference).abs().max()) < 1e-3 * float(reference.abs().max()) + 1e-5
 
 
 def test_qat_state_resumes_from_a_checkpoint_and_trains_under_autocast():
@@ -288,6 +379,7 @@ def test_qat_state_resumes_from_a_checkpoint_and_trains_under_autocast():
         ({"approach": "dynamic", "op_names": ["decoder"]}, r"^op_names=\['decoder'\], excluded_op_names=\[\]: no nn.Linear"),
         ({"approach": "dynamic", "op_names": ["("]}, r"^op_names entry '\(' is not a valid regular expression"),
         ({"approach": "dynamic", "num_threads": 0}, r"^num_threads=0"),
+        ({"approach": "dynamic", "embeddings": "yes"}, r"^embeddings='yes': must be true or false"),
         (
             {"approach": "dynamic", "calibration_batches": [{"input_ids": [1, 2]}]},
             r"^calibration_batches\[0\]\['input_ids'\]: expected a tensor",
@@ -305,10 +397,14 @@ def test_qat_mismatches_raise_value_error_naming_the_key():
         quantize(model, "static", batches(1))
     with pytest.raises(ValueError, match=r"^approach='qat': 14 layer\(s\) never saw a training forward pass"):
         quantize(model, "qat")
+    with pytest.raises(ValueError, match=r"^embeddings=False: the model was prepared with prepare_qat\(embeddings=True\)"):
+        quantize(model, "qat", embeddings=False)
     with pytest.raises(ValueError, match=r"^op_names/excluded_op_names: for approach='qat'"):
         quantize(model, "qat", op_names=["query"])
     with pytest.raises(ValueError, match=r"^model: it already carries FakeQuantLinear modules"):
         prepare_qat(model)
+    with pytest.raises(ValueError, match=r"^embeddings=0: must be true or false"):
+        prepare_qat(tiny_bert(), embeddings=0)
 
 
 def test_a_batch_with_an_input_the_int8_model_lacks_is_refused(quantized):

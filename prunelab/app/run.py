@@ -35,8 +35,9 @@ register_resolvers()
 # The run shows one progress bar (training); tokenizing, shard writing and loading stay quiet.
 datasets.disable_progress_bars()
 transformers.utils.logging.disable_progress_bar()
-# accelerate logs every file of every checkpoint at INFO; the run reports checkpoints itself.
-logging.getLogger("accelerate").setLevel(logging.WARNING)
+# accelerate logs every file of every checkpoint at INFO, the ONNX exporter every pass it runs.
+for chatty in ("accelerate", "onnx_ir", "onnxscript", "torch.onnx"):
+    logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, float]:
@@ -87,6 +88,7 @@ def _claim(cfg: DictConfig, out: Path) -> tuple[DictConfig, Path | None]:
     typed = check_config(cfg)
     check_pruning(typed)
     build(typed.quant)  # its own checks (calibration, what the backend can do) before anything loads
+    build(typed.export)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:

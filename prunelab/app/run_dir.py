@@ -15,8 +15,8 @@ from prunelab.outputs import CONFIG, METRICS, MODEL_DIR, SUMMARY, write_text_ato
 from prunelab.train.checkpointing import CHECKPOINTS, TRAINER_STATE, list_checkpoints, read_position
 
 # What a run writes into its directory (Hydra's .hydra/ and log files are Hydra's).
-RUN_OUTPUTS = (SUMMARY, METRICS, CONFIG, MODEL_DIR, f"{MODEL_DIR}.tmp", CHECKPOINTS, QUANTIZED_DIR, "predictions.json",
-               "null_odds.json")
+RUN_OUTPUTS = (SUMMARY, METRICS, CONFIG, MODEL_DIR, f"{MODEL_DIR}.tmp", CHECKPOINTS, QUANTIZED_DIR, "export",
+               "predictions.json", "null_odds.json")
 # Keys that may differ between a checkpointed run and its resumption.
 RESUME_MAY_CHANGE = ("resume_from_checkpoint", "overwrite_output_dir", "checkpointing_steps", "checkpoints_to_keep",
                      "progress_bar")

@@ -59,6 +59,7 @@ class RunSchema:
     scheduler: Any = MISSING
     distill: Any = MISSING
     quant: Any = MISSING
+    export: Any = MISSING
     pruning: Any = MISSING
     do_prune: bool = MISSING
     target_sparsity: float = MISSING
@@ -94,7 +95,7 @@ class RunSchema:
     lookup: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-_GROUPS = ("model", "task", "scheduler", "distill", "quant")
+_GROUPS = ("model", "task", "scheduler", "distill", "quant", "export")
 # Keys the run passes to a group's target itself (so a config file must not set them).
 _RUNTIME_KEYS = {
     "task": {"data_root", "max_length", "max_train_samples", "max_eval_samples", "seed"},
@@ -251,6 +252,8 @@ def _check_no_effect(cfg: DictConfig, given: dict) -> None:
         raise ConfigError(
             f"distill_loss_weight={given['distill_loss_weight']}: has no effect without distillation; add distill=kd"
         )
+    if cfg.export.kind != "none" and not cfg.save_model:
+        raise ConfigError(f"export={cfg.export.kind}: works on the saved model; set save_model=true")
     if cfg.pruning_config is not None and not cfg.do_prune:
         raise ConfigError(f"pruning_config={given['pruning_config']}: has no effect with do_prune=false")
     oneshot = cfg.scheduler._target_.endswith("OneShotSchedule")

@@ -1,6 +1,6 @@
 """The named stages of one run, in order:
 
-    setup_model -> setup_data -> setup_training -> fit -> post_training -> quantize -> save
+    setup_model -> setup_data -> setup_training -> fit -> post_training -> quantize -> save -> export
 
 Each takes the ``RunState`` built so far and adds what it makes. Training changes are set up in
 ``setup_training`` as peers: quantization-aware training wraps the model's Linear layers,
@@ -212,7 +212,19 @@ def save(state: RunState) -> None:
     state.accelerator.wait_for_everyone()
 
 
-STAGES = (setup_model, setup_data, setup_training, fit, post_training, quantize, save)
+def export(state: RunState) -> None:
+    """The compacted model, ONNX and latencies from the saved model (main process alone)."""
+    exporter = build(state.cfg.export)
+    if exporter.enabled and state.accelerator.is_main_process:
+        report = exporter.run(state.out)
+        parameters = report["parameters"]
+        state.summary.write(notes=[*state.summary.fields["notes"],
+                                   f"export: {state.out / 'export'}, parameters {parameters['before']} -> "
+                                   f"{parameters['after']} ({parameters['ratio']:.3f}x)"])
+    state.accelerator.wait_for_everyone()
+
+
+STAGES = (setup_model, setup_data, setup_training, fit, post_training, quantize, save, export)
 
 
 def _check_steps_fit(config: dict, total_steps: int) -> None:

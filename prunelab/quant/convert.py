@@ -96,16 +96,16 @@ def qat(model: nn.Module, example: Mapping[str, torch.Tensor], embeddings: bool 
     modules = fake_quant_modules(model)
     if not modules:
         raise ConfigError("approach='qat': the model was not prepared with prepare_qat(model) before fine-tuning")
+    if not embeddings and fake_quant_embeddings(model):
+        raise ConfigError(
+            "embeddings=False: the model was prepared with prepare_qat(embeddings=True) and trained with int8 embedding "
+            "tables; call prepare_qat(model, embeddings=False) before fine-tuning to keep them float32"
+        )
     unseen = [name for name, module in modules if not module.has_input_range()]
     if unseen:
         raise ConfigError(
             f"approach='qat': {len(unseen)} layer(s) never saw a training forward pass, so they have no input range "
             f"(first: {unseen[0]}); train at least one step after prepare_qat(model)"
-        )
-    if not embeddings and fake_quant_embeddings(model):
-        raise ConfigError(
-            "embeddings=False: the model was prepared with prepare_qat(embeddings=True) and trained with int8 embedding "
-            "tables; call prepare_qat(model, embeddings=False) before fine-tuning to keep them float32"
         )
     work = _cpu_copy(model)
     tables = _tables(work, embeddings)

@@ -214,8 +214,8 @@ class ReusedClassifierKnowledgeDistiller(TeacherDistiller):
 
     def _keep(self, role: str):
         def hook(module: nn.Module, args: tuple) -> None:
-            # The student's head input is kept only in training forwards (not in evaluation).
-            if role == "teacher" or module.training:
+            # The student's head input is kept only where a gradient is wanted (not in evaluation).
+            if role == "teacher" or torch.is_grad_enabled():
                 self.features[role] = args[0]
 
         return hook

@@ -1,0 +1,36 @@
+"""The export group end to end on the tiny model: heads and neurons pruned during fine-tuning, cut
+out after saving, and the compacted model computing what the saved (masked) model computes."""
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from prunelab.app.run import run
+from prunelab.errors import ConfigError
+from prunelab.export import load_compacted
+
+
+def test_heads_and_neurons_are_cut_out_exactly(make_config, tmp_path):
+    run(make_config("task=sst2", "max_train_samples=64", "num_train_epochs=2", "experiment=heads-neurons",
+                    "export.onnx=false", "export.latency_runs=0"), tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    report = json.loads((tmp_path / "export" / "export.json").read_text())
+    assert summary["pattern"] == "head+neuron" and summary["notes"][-1].startswith("export: ")
+    # tiny BERT: 2 layers x 2 heads and 2 x 256 neurons; half of each go.
+    units = summary["sparsity"]["units"]
+    assert sum(layer["heads"]["kept"] for layer in units.values()) == 2
+    assert sum(layer["neurons"]["kept"] for layer in units.values()) == 256
+    assert report["structure_removed"] and report["parameters"]["after"] < report["parameters"]["before"]
+    masked = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model").eval()
+    compacted = load_compacted(tmp_path / "export" / "model").eval()
+    ids = torch.randint(5, 60, (3, 20), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    with torch.no_grad():
+        assert torch.allclose(compacted(**batch).logits, masked(**batch).logits, atol=1e-4)
+
+
+def test_export_needs_the_saved_model(make_config, tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        run(make_config("export=compact", "save_model=false"), tmp_path)
+    assert str(caught.value) == "export=compact: works on the saved model; set save_model=true"

@@ -10,7 +10,7 @@ The models come from the prunelab command line itself (one run directory each, u
 results/work/inference/), so what is measured is what a user gets:
 - dense: 3 epochs from the pretrained model;
 - 4x1 @ 0.8 and 2:4 @ 0.5: 2 epochs from the dense model, distilling from it, pruning in epoch 1;
-- qat: 1 epoch of each of the three, quantization-aware, zeros locked (pruner=pattern_lock);
+- qat: 100 steps of each of the three, quantization-aware, zeros locked (pruner=pattern_lock);
 dynamic and static int8 are made from each fp32 model by ``measure`` (static calibrated on 256
 training examples, as ``quant=static`` does).
 """
@@ -32,15 +32,17 @@ DATA = REPO.parent / "shared" / "data"
 COMMON = ["model=minilm-l6-local", "task=mrpc", f"data_root={DATA}", "seed=42", "progress_bar=false",
           "per_device_train_batch_size=16", "weight_decay=0.01", "learning_rate=5e-5"]
 SPARSE = ["num_train_epochs=2", "lr_scheduler_type=constant", "sparsity_warm_epochs=0", "cooldown_epochs=1",
-          "distill=kd"]
+          "distill=kd", "distill.precompute=true"]
+# QAT: 100 optimizer steps (the first 1,600 training pairs) of quantization-aware fine-tuning.
+QAT = ["num_train_epochs=1", "max_train_samples=1600", "pruner=pattern_lock", "lr_scheduler_type=constant", "quant=qat"]
 # name -> (overrides, the run it starts from)
 RUNS = {
     "dense": (["do_prune=false", "num_train_epochs=3", "num_warmup_steps=69"], None),
     "4x1": ([*SPARSE, "pattern=4x1", "target_sparsity=0.8"], "dense"),
     "2:4": ([*SPARSE, "pattern=2:4", "target_sparsity=0.5"], "dense"),
-    "dense-qat": (["num_train_epochs=1", "pruner=pattern_lock", "lr_scheduler_type=constant", "quant=qat"], "dense"),
-    "4x1-qat": (["num_train_epochs=1", "pruner=pattern_lock", "lr_scheduler_type=constant", "quant=qat"], "4x1"),
-    "2:4-qat": (["num_train_epochs=1", "pruner=pattern_lock", "lr_scheduler_type=constant", "quant=qat"], "2:4"),
+    "dense-qat": (QAT, "dense"),
+    "4x1-qat": (QAT, "4x1"),
+    "2:4-qat": (QAT, "2:4"),
 }
 
 

@@ -297,3 +297,23 @@ def test_hidden_mse_run_leaves_the_task_head_as_the_teacher_s(make_config):
     assert torch.equal(model.bert.pooler.dense.weight, distiller.teacher.bert.pooler.dense.weight)
     assert not torch.equal(model.bert.encoder.layer[1].output.dense.weight,
                            distiller.teacher.bert.encoder.layer[1].output.dense.weight)
+
+
+def test_simkd_projects_a_narrower_student_onto_a_wider_teacher(make_config, tmp_path):
+    task, data, student = _setup(make_config, "task=mrpc")
+    torch.manual_seed(4)
+    TinyBert(hidden_size=96, intermediate_size=384).load_model(
+        task.auto_model_class(), **task.model_kwargs()).save_pretrained(tmp_path / "wide")
+    distiller = _prepared(ReusedClassifierKnowledgeDistiller(task, student, teacher=str(tmp_path / "wide")), data)
+    assert tuple(distiller.projector.weight.shape) == (96, 64)
+    batch, index = _batch(data, [4, 8])
+    with torch.enable_grad():
+        loss = distiller.extra_loss(student(**batch), batch, index)
+    loss.backward()
+    assert distiller.projector.weight.grad is not None and student.classifier.weight.grad is None
+    with torch.no_grad():
+        feature = student.bert(**{k: v for k, v in batch.items() if k != "labels"}).pooler_output
+        torch.testing.assert_close(student(**batch).logits, distiller.teacher.classifier(distiller.projector(feature)))
+    # Hidden states of different widths cannot be compared by MSE.
+    with pytest.raises(ConfigError, match=r"^distill=hidden_mse: the student's hidden size 64 differs from the teacher's 96"):
+        HiddenStateKnowledgeDistiller(task, student, teacher=str(tmp_path / "wide"))

@@ -304,6 +304,7 @@ def _train_config(cfg: DictConfig) -> TrainConfig:
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         per_device_eval_batch_size=cfg.per_device_eval_batch_size,
         weight_decay=cfg.weight_decay,
+        no_decay_modules=tuple(cfg.no_decay_modules),
         adam_betas=tuple(cfg.adam_betas),
         lr_scheduler_type=cfg.lr_scheduler_type,
         num_warmup_steps=cfg.num_warmup_steps,

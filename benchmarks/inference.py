@@ -10,6 +10,8 @@ The models come from the prunelab command line itself (one run directory each, u
 results/work/inference/), so what is measured is what a user gets:
 - dense: 3 epochs from the pretrained model;
 - 4x1 @ 0.8 and 2:4 @ 0.5: 2 epochs from the dense model, distilling from it, pruning in epoch 1;
+- heads-neurons: 2 epochs from the dense model, 50% of the attention heads and 50% of the FFN
+  neurons pruned (distilling from it), then compacted (export=compact): the compaction table;
 - qat: 100 steps of each of the three, quantization-aware, zeros locked (pruner=pattern_lock);
 dynamic and static int8 are made from each fp32 model by ``measure`` (static calibrated on 256
 training examples, as ``quant=static`` does).
@@ -40,6 +42,8 @@ RUNS = {
     "dense": (["do_prune=false", "num_train_epochs=3", "num_warmup_steps=69"], None),
     "4x1": ([*SPARSE, "pattern=4x1", "target_sparsity=0.8"], "dense"),
     "2:4": ([*SPARSE, "pattern=2:4", "target_sparsity=0.5"], "dense"),
+    # Issue 14's accuracy side: 50% of the heads and 50% of the FFN neurons, then compacted.
+    "heads-neurons": ([*SPARSE, "experiment=heads-neurons", "target_sparsity=0.5", "export.latency_runs=0"], "dense"),
     "dense-qat": (QAT, "dense"),
     "4x1-qat": (QAT, "4x1"),
     "2:4-qat": (QAT, "2:4"),
@@ -150,6 +154,100 @@ def measure(runs: int) -> dict:
             "runs_used": {name: str(run_dir(name)) for name in RUNS}}
 
 
+def measure_compaction(runs: int) -> dict | None:
+    """Issue 14's table: dense vs masked (heads + neurons zeroed) vs compacted vs compacted + int8
+    (static), in PyTorch, ONNX Runtime and OpenVINO; dev accuracy / F1; ratios to dense fp32 torch."""
+    import tempfile
+
+    import torch
+    from torch.utils.data import DataLoader
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from prunelab.export import count_parameters, export_onnx, load_compacted, ort_session
+    from prunelab.quant import quantize
+    from prunelab.train.evaluation import predict
+
+    source = run_dir("heads-neurons")
+    if not (source / "export" / "model").is_dir():
+        return None
+    torch.set_num_threads(THREADS)
+    tokenizer = AutoTokenizer.from_pretrained(run_dir("dense") / "model")
+    task, data = load_task(tokenizer)
+    eval_loader = DataLoader(data.eval, batch_size=64, collate_fn=data.collator)
+    calibration = list(DataLoader(data.train, batch_size=32, collate_fn=data.collator))
+    generator = torch.Generator().manual_seed(0)
+    inputs = {b: {"input_ids": torch.randint(1000, 20000, (b, SEQ), generator=generator),
+                  "attention_mask": torch.ones(b, SEQ, dtype=torch.long),
+                  "token_type_ids": torch.zeros(b, SEQ, dtype=torch.long)} for b in BATCHES}
+    dense = AutoModelForSequenceClassification.from_pretrained(run_dir("dense") / "model").eval()
+    masked = AutoModelForSequenceClassification.from_pretrained(source / "model").eval()
+    compacted = load_compacted(source / "export" / "model").eval()
+    scratch = Path(tempfile.mkdtemp())
+    export_onnx(dense, scratch / "dense.onnx")
+
+    def ort(path):
+        session = ort_session(path, THREADS)
+        names = {i.name for i in session.get_inputs()}
+
+        class Runner:  # an ONNX Runtime session called like the HF model
+            def eval(self):
+                return self
+
+            def __call__(self, **batch):
+                feed = {k: v.cpu().numpy() for k, v in batch.items() if k in names}
+                return type("Out", (), {"logits": torch.from_numpy(session.run(None, feed)[0])})()
+
+        return Runner()
+
+    variants = {
+        ("dense", "torch fp32"): (dense, count_parameters(dense)),
+        ("dense", "ONNX Runtime fp32"): (ort(scratch / "dense.onnx"), count_parameters(dense)),
+        ("masked", "torch fp32"): (masked, count_parameters(masked)),
+        ("compacted", "torch fp32"): (compacted, count_parameters(compacted)),
+        ("compacted", "ONNX Runtime fp32"): (ort(source / "export" / "model.onnx"), count_parameters(compacted)),
+        ("compacted", "OpenVINO int8 static"): (
+            quantize(compacted, "static", calibration, num_calibration_samples=CALIBRATION_SAMPLES, num_threads=THREADS),
+            count_parameters(compacted)),
+        ("dense", "OpenVINO int8 static"): (
+            quantize(dense, "static", calibration, num_calibration_samples=CALIBRATION_SAMPLES, num_threads=THREADS),
+            count_parameters(dense)),
+    }
+    rows = []
+    for (model, runtime), (runnable, parameters) in variants.items():
+        logits, _ = predict(runnable, eval_loader, task, device="cpu")
+        metrics = task.compute_metrics(logits, data)
+        row = {"model": model, "runtime": runtime, "parameters": parameters, "accuracy": metrics["accuracy"],
+               "f1": metrics["f1"]}
+        with torch.no_grad():
+            for b in BATCHES:
+                row[f"latency_ms_b{b}"] = median_ms(lambda: runnable(**inputs[b]), runs)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    base = rows[0]
+    for row in rows:
+        for b in BATCHES:
+            row[f"speedup_b{b}"] = base[f"latency_ms_b{b}"] / row[f"latency_ms_b{b}"]
+        row["accuracy_drop_points"] = 100 * (base["accuracy"] - row["accuracy"])
+    export = json.loads((source / "export" / "export.json").read_text())
+    return {"rows": rows, "layers": export["layers"], "max_abs_logit_diff": export["max_abs_logit_diff"]}
+
+
+def write_compaction_table(result: dict) -> str:
+    lines = [
+        "", f"## Heads and neurons: 50% of each pruned during fine-tuning, then compacted ({result['threads']} threads, "
+        f"seq {result['seq']}, median of {result['runs']} runs; ratios to dense fp32 in PyTorch, same process)", "",
+        "| model | runtime | parameters | dev acc | F1 | acc drop (points) | ms b1 | speedup b1 | ms b32 | speedup b32 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["compaction"]["rows"]:
+        lines.append(
+            f"| {r['model']} | {r['runtime']} | {r['parameters'] / 1e6:.2f}M | {r['accuracy']:.4f} | {r['f1']:.4f} | "
+            f"{r['accuracy_drop_points']:+.2f} | {r['latency_ms_b1']:.1f} | {r['speedup_b1']:.2f}x | "
+            f"{r['latency_ms_b32']:.0f} | {r['speedup_b32']:.2f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def write_table(result: dict) -> str:
     lines = [
         f"# MRPC inference: fp32 vs int8 (all-MiniLM-L6-v2, {result['date']}, {result['threads']} threads, seq "
@@ -176,8 +274,9 @@ def main() -> None:
         train(args.runs)
     else:
         result = measure(args.latency_runs)
+        result["compaction"] = measure_compaction(args.latency_runs)
         (RESULTS / "inference_mrpc.json").write_text(json.dumps(result, indent=2) + "\n")
-        table = write_table(result)
+        table = write_table(result) + (write_compaction_table(result) if result["compaction"] else "")
         (RESULTS / "inference_mrpc.md").write_text(table)
         print(table)
 

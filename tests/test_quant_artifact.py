@@ -1,5 +1,6 @@
 """A quantized model on disk: reloaded in a fresh process it gives identical logits, it is written
-whole or not at all, and it is smaller than the float model."""
+whole or not at all, and it is about a quarter of the float model (int8 Linear weights and int8
+embedding tables), also for a MiniLM-L6-shaped model."""
 import json
 import os
 import subprocess
@@ -77,6 +78,7 @@ def test_a_saved_model_reloaded_in_a_fresh_process_gives_identical_logits(quanti
         meta = json.loads((directory / META_FILE).read_text())
         assert meta["approach"] == approach and meta["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
         assert meta["outputs"] == ["logits"] and len(meta["quantized_layers"]) == 14
+        assert meta["quantized_embeddings"] == [f"bert.embeddings.{k}_embeddings" for k in ("word", "position", "token_type")]
         args += [str(directory), str(tmp_path / f"{approach}.npy")]
         expected[approach] = int8(**TEST).logits.numpy()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -91,6 +93,8 @@ def test_a_saved_model_reloaded_in_a_fresh_process_gives_identical_logits(quanti
     # and in this process too, through the same loader
     again = load_quantized(tmp_path / "static", num_threads=1)
     assert again.approach == "static" and again.predict(TEST).logits.equal(torch.from_numpy(expected["static"]))
+    assert again.quantized_embeddings == quantized["static"].quantized_embeddings
+    assert again.size_bytes == quantized["static"].size_bytes == sum(p.stat().st_size for p in (tmp_path / "static").iterdir())
 
 
 def test_save_writes_whole_or_nothing(quantized, tmp_path, monkeypatch):
@@ -126,26 +130,68 @@ def test_save_writes_whole_or_nothing(quantized, tmp_path, monkeypatch):
     assert load_quantized(empty).approach == "dynamic"
 
 
-def test_int8_model_is_smaller_than_the_float_model(model, quantized, tmp_path):
+def int8_bytes(codes: dict) -> int:
+    """1 byte per int8 code plus one float32 scale per row."""
+    return sum(c.nbytes + 4 * c.shape[0] for c in codes.values())
+
+
+def test_int8_model_is_about_a_quarter_of_the_float_model(model, quantized, tmp_path):
     float_model = backend.convert(model, CALIBRATION[0])
     backend.openvino().save_model(float_model, str(tmp_path / MODEL_FILE), compress_to_fp16=False)
     float_bin = (tmp_path / WEIGHTS_FILE).stat().st_size
     float_bytes = float_bin + (tmp_path / MODEL_FILE).stat().st_size
     linears = {name: m.weight for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    tables = {name: m.weight for name, m in model.named_modules() if isinstance(m, torch.nn.Embedding)}
     for approach, int8 in quantized.items():
-        codes = int8.int8_weights()
-        assert sorted(codes) == sorted(linears)
-        # The Linear part: 1 byte per weight plus one float32 scale per output row, against
-        # 4 bytes per weight: ~0.26x.
-        int8_linear = sum(c.nbytes + 4 * c.shape[0] for c in codes.values())
-        ratio = int8_linear / sum(4 * w.numel() for w in linears.values())
-        assert 0.25 < ratio < 0.27, ratio
+        codes, table_codes = int8.int8_weights(), int8.int8_embeddings()
+        assert sorted(codes) == sorted(linears) and sorted(table_codes) == sorted(tables)
+        # Each part: 1 byte per weight plus one float32 scale per row, against 4 bytes per
+        # weight: ~0.26x for the Linear part (rows of 64-256), 0.2656x for the 64-wide tables.
+        for part, floats in ((codes, linears), (table_codes, tables)):
+            ratio = int8_bytes(part) / sum(4 * w.numel() for w in floats.values())
+            assert 0.25 < ratio < 0.27, (approach, ratio)
         # The constants file: exactly that saving and nothing else grew (within 1%: activation
-        # ranges of static). The float embeddings (27% of this tiny model's weights) remain.
-        int8_bin = (int8.save(tmp_path / approach) / WEIGHTS_FILE).stat().st_size
-        expected = float_bin - sum(4 * w.numel() for w in linears.values()) + int8_linear
+        # ranges of static). LayerNorm and biases (2% of this tiny model's weights) stay float32.
+        directory = int8.save(tmp_path / approach)
+        int8_bin = (directory / WEIGHTS_FILE).stat().st_size
+        replaced = sum(4 * w.numel() for w in [*linears.values(), *tables.values()])
+        expected = float_bin - replaced + int8_bytes(codes) + int8_bytes(table_codes)
         assert abs(int8_bin - expected) < 0.01 * float_bin, (approach, int8_bin, expected)
-        assert int8.size_bytes < 0.65 * float_bytes, (approach, int8.size_bytes, float_bytes)
+        assert int8_bin < 0.3 * float_bin, (approach, int8_bin, float_bin)
+        # size_bytes is what save wrote (model.xml, model.bin, quantization.json). On this tiny
+        # model the graph text is 40-45% of it (model.xml: 107 kB dynamic, 131 kB static, 82 kB
+        # float), so the whole is ~0.4x here; on real shapes it is ~0.25x (next test).
+        assert int8.size_bytes == sum(p.stat().st_size for p in directory.iterdir())
+        assert int8.size_bytes < 0.45 * float_bytes, (approach, int8.size_bytes, float_bytes)
+
+
+def test_a_minilm_l6_shaped_model_saves_at_under_0_3x_its_float_size(tmp_path):
+    """all-MiniLM-L6-v2's shape (22.7M parameters, half of them the 30522 x 384 word table), random
+    weights, encoder Linears pruned 2:4: the saved int8 model is <= 0.3x the float32 model
+    (measured 0.254x; 0.646x with embeddings=False), and the pruned zeros are int8 zeros."""
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536, vocab_size=30522)
+    minilm = BertForSequenceClassification(config).eval()
+    pruned = {}
+    with torch.no_grad():
+        for name, module in minilm.named_modules():
+            if isinstance(module, torch.nn.Linear) and ".encoder." in name:
+                groups = module.weight.view(module.weight.shape[0], -1, 4)
+                groups.scatter_(-1, groups.abs().argsort(dim=-1)[..., :2], 0.0)
+                pruned[name] = module.weight == 0
+    float_bytes = sum(t.numel() * t.element_size() for t in minilm.state_dict().values())  # what save_pretrained writes
+    assert float_bytes > 90e6
+    example = {"input_ids": torch.randint(0, 30522, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
+    int8 = quantize(minilm, "dynamic", example_batch=example, num_threads=1)
+    directory = int8.save(tmp_path / "minilm")
+    on_disk = sum(p.stat().st_size for p in directory.iterdir())
+    assert int8.size_bytes == on_disk
+    assert on_disk <= 0.3 * float_bytes, f"{on_disk / float_bytes:.3f}x"
+    assert sorted(int8.int8_embeddings()) == [f"bert.embeddings.{k}_embeddings" for k in ("position", "token_type", "word")]
+    codes = int8.int8_weights()
+    assert len(codes) == 6 * 6 + 2
+    for name, zeros in pruned.items():
+        assert np.all(codes[name][zeros.numpy()] == 0), name
 
 
 def test_loading_what_is_not_a_saved_model_fails_clearly(tmp_path):

@@ -3,8 +3,10 @@
 ``dynamic`` and ``static`` work on a CPU copy of the model (the caller's model is never touched);
 ``qat`` exports the model prepared with ``prepare_qat`` as trained (also from a copy).
 Each returns ``(openvino.Model, int8 Linear names, int8 embedding table names)``. With
-``embeddings`` the tables are rounded per row onto the int8 weight grid (``FakeQuantEmbedding``)
-before tracing; OpenVINO's converter stores them as int8 constants with per-row scales.
+``embeddings`` the tables are rounded per row onto the int8 weight grid (``FakeQuantEmbedding``).
+Before tracing, every rounded weight of the copy is frozen to int8 codes + float32 row scales
+(``freeze_int8``): the graph stores torch's own codes as int8 constants and dequantizes them
+(Convert -> Multiply) right before the MatMul or Gather.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from torch import nn
 from prunelab.errors import ConfigError
 from prunelab.quant import backend
 from prunelab.quant.config import TARGET_KEYS
+from prunelab.quant.modules import freeze_int8
 from prunelab.quant.qat import attach_fake_quant, attach_fake_quant_embeddings, fake_quant_embeddings, fake_quant_modules
 
 
@@ -60,11 +63,18 @@ def _tables(work: nn.Module, embeddings: bool) -> list[str]:
     return attach_fake_quant_embeddings(work) if embeddings else []
 
 
+def _freeze(work: nn.Module) -> None:
+    """int8 codes + scales as buffers of the copy (exact, and no re-rounding per forward)."""
+    for _, module in [*fake_quant_modules(work), *fake_quant_embeddings(work)]:
+        freeze_int8(module)
+
+
 def dynamic(model: nn.Module, example: Mapping[str, torch.Tensor], op_names, excluded_op_names, embeddings: bool = True):
     """int8 weights; the CPU plugin quantizes each Linear's input at run time."""
     work = _cpu_copy(model)
     names = attach_fake_quant(work, quantize_inputs=False, observer="off", op_names=op_names, excluded_op_names=excluded_op_names)
     tables = _tables(work, embeddings)
+    _freeze(work)
     return backend.convert(work, example), names, tables
 
 
@@ -78,6 +88,7 @@ def static(
         work, quantize_inputs=True, observer="minmax", op_names=op_names, excluded_op_names=excluded_op_names
     )
     tables = _tables(work, embeddings)
+    _freeze(work)
     with torch.no_grad():
         for inputs in calibration:
             work(**inputs)
@@ -109,5 +120,6 @@ def qat(model: nn.Module, example: Mapping[str, torch.Tensor], embeddings: bool 
         )
     work = _cpu_copy(model)
     tables = _tables(work, embeddings)
+    _freeze(work)
     return backend.convert(work, example), [name for name, _ in modules], tables
 

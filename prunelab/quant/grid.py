@@ -1,7 +1,8 @@
 """The int8 grid, in one place: what QAT simulates is exactly what the exported model stores.
 
-Weights: symmetric, per output channel (row of a Linear ``[out, in]`` weight), narrow range
-``[-127, 127]``, zero point 0, ``scale = max|row| / 127``. Zero maps to code 0 and back to exactly
+Weights: symmetric, per output channel (row of a Linear ``[out, in]`` weight; row of an embedding
+table ``[num_embeddings, dim]``), narrow range ``[-127, 127]``, zero point 0,
+``scale = max|row| / 127``. Zero maps to code 0 and back to exactly
 0.0, so pruned weights (single zeros, N:M groups, whole zero rows) stay exactly zero in int8.
 
 Activations (inputs of a Linear, ``static`` and ``qat``): asymmetric per tensor, ``[0, 255]``, with
@@ -23,18 +24,26 @@ def weight_scales(weight: torch.Tensor) -> torch.Tensor:
     return (absmax / WEIGHT_QMAX).clamp(min=_MIN_SCALE)
 
 
+def _fake_quantize_float(weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    zero_points = torch.zeros_like(scales, dtype=torch.int32)
+    return torch.fake_quantize_per_channel_affine(weight.float(), scales, zero_points, 0, WEIGHT_QMIN, WEIGHT_QMAX)
+
+
 def fake_quantize_weight(weight: torch.Tensor) -> torch.Tensor:
     """``weight`` rounded onto its int8 grid (straight-through gradient, as every QAT does)."""
-    scales = weight_scales(weight)
-    zero_points = torch.zeros_like(scales, dtype=torch.int32)
-    out = torch.fake_quantize_per_channel_affine(weight.float(), scales, zero_points, 0, WEIGHT_QMIN, WEIGHT_QMAX)
-    return out.to(weight.dtype)
+    return _fake_quantize_float(weight, weight_scales(weight)).to(weight.dtype)
 
 
+@torch.no_grad()
 def weight_codes(weight: torch.Tensor) -> torch.Tensor:
-    """The int8 codes the exported model stores for ``weight`` (for checks and tests)."""
+    """The int8 codes the exported model stores for ``weight``: exactly the integers torch's
+    fake quantization rounds to, so ``codes * scale`` (float32) is bit for bit the weight QAT
+    computes with. (Recomputing ``round(weight / scale)`` would differ by one step where
+    ``weight / scale`` lies within float32 rounding of a half step: up to a few per million.)"""
     scales = weight_scales(weight)
-    return torch.clamp(torch.round(weight.detach().float() / scales[:, None]), WEIGHT_QMIN, WEIGHT_QMAX).to(torch.int8)
+    rounded = _fake_quantize_float(weight.detach(), scales)
+    # rounded / scale is within 1e-5 of an integer in [-127, 127]: round() recovers it exactly.
+    return torch.round(rounded / scales[:, None]).to(torch.int8)
 
 
 def activation_qparams(low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,6 +9,11 @@ place), the optimizer, checkpoints, accelerate. ``restore_linear`` swaps back. A
 table becomes a ``FakeQuantEmbedding`` the same way, with no buffer at all (weights only: its
 input is a token id); ``restore_embedding`` swaps back.
 
+For export (``freeze_int8``, on the copy that is converted, never on a model being trained) the
+int8 codes and per-row scales become buffers and forward computes ``codes * scales`` from them:
+OpenVINO's converter keeps an int8 buffer as an int8 constant (-> Convert -> Multiply), so the
+graph stores exactly torch's codes and dequantizes to exactly the fake-quantized weights.
+
 Activation ranges are observed in one of three ways (``observer``):
 ``"ema"`` (QAT: moving average of batch min/max while ``training``), ``"minmax"`` (static
 calibration: running min/max over every batch seen, train or eval) and ``"off"`` (frozen).
@@ -19,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from prunelab.quant.grid import fake_quantize_activation, fake_quantize_weight
+from prunelab.quant.grid import fake_quantize_activation, fake_quantize_weight, weight_codes, weight_scales
 
 OBSERVERS = ("ema", "minmax", "off")
 _BUFFERS = ("act_low", "act_high", "act_observed")
@@ -41,7 +46,7 @@ class FakeQuantLinear(nn.Linear):
             self._observe(x)
             if self.has_input_range():
                 x = fake_quantize_activation(x, self.act_low, self.act_high)
-        return F.linear(x, fake_quantize_weight(self.weight), self.bias)
+        return F.linear(x, _rounded_weight(self), self.bias)
 
     def has_input_range(self) -> bool:
         """Whether an input range was observed (here or in a loaded checkpoint)."""
@@ -110,7 +115,7 @@ class FakeQuantEmbedding(nn.Embedding):
         raise TypeError("FakeQuantEmbedding is made from an nn.Embedding by prepare_qat() / quantize(), not constructed")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return F.embedding(input, fake_quantize_weight(self.weight), self.padding_idx, None, 2.0, self.scale_grad_by_freq)
+        return F.embedding(input, _rounded_weight(self), self.padding_idx, None, 2.0, self.scale_grad_by_freq)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, weight=int8/per-row"
@@ -138,3 +143,29 @@ def restore_embedding(module: FakeQuantEmbedding) -> nn.Embedding:
     """Undo ``to_fake_quant_embedding`` in place: a plain ``nn.Embedding`` with the same Parameter."""
     module.__class__ = nn.Embedding
     return module
+
+
+# ------------------------------------------------------------------------------ export
+_FROZEN = ("int8_codes", "int8_scales")
+
+
+def _rounded_weight(module: nn.Module) -> torch.Tensor:
+    """The int8-rounded weight: from the frozen codes (export) or fake-quantized (training)."""
+    if getattr(module, "_frozen", False):
+        weight = module.int8_codes.to(torch.float32) * module.int8_scales
+        # A half-precision model computes in its dtype, as fake_quantize_weight returns it.
+        return weight if module.weight.dtype == torch.float32 else weight.to(module.weight.dtype)
+    return fake_quantize_weight(module.weight)
+
+
+@torch.no_grad()
+def freeze_int8(module: nn.Module) -> None:
+    """Store ``module``'s int8 codes and per-row scales as buffers (int8 ``[rows, cols]`` and
+    float32 ``[rows, 1]``) and compute from them from now on. For the export copy only: the
+    weight no longer trains. ``codes * scales`` equals ``fake_quantize_weight(weight)`` bit for bit."""
+    if not isinstance(module, (FakeQuantLinear, FakeQuantEmbedding)):
+        raise TypeError(f"only FakeQuantLinear / FakeQuantEmbedding modules are frozen to int8, got {type(module).__name__}")
+    weight = module.weight.detach()
+    module.register_buffer(_FROZEN[0], weight_codes(weight))
+    module.register_buffer(_FROZEN[1], weight_scales(weight)[:, None].contiguous())
+    module._frozen = True

@@ -94,6 +94,39 @@ def load_task(tokenizer):
     return task, task.load(tokenizer)
 
 
+class Bench:
+    """What every measurement shares: MRPC dev and calibration batches, fixed latency inputs."""
+
+    def __init__(self, runs: int):
+        import torch
+        from torch.utils.data import DataLoader
+        from transformers import AutoTokenizer
+
+        torch.set_num_threads(THREADS)
+        self.runs = runs
+        self.task, self.data = load_task(AutoTokenizer.from_pretrained(run_dir("dense") / "model"))
+        self.eval_loader = DataLoader(self.data.eval, batch_size=64, collate_fn=self.data.collator)
+        self.calibration = list(DataLoader(self.data.train, batch_size=32, collate_fn=self.data.collator))
+        generator = torch.Generator().manual_seed(0)
+        self.inputs = {b: {"input_ids": torch.randint(1000, 20000, (b, SEQ), generator=generator),
+                           "attention_mask": torch.ones(b, SEQ, dtype=torch.long),
+                           "token_type_ids": torch.zeros(b, SEQ, dtype=torch.long)} for b in BATCHES}
+
+    def evaluate(self, runnable) -> dict:
+        """Dev accuracy / F1 and the median latency at each batch size of a model-like callable."""
+        import torch
+
+        from prunelab.train.evaluation import predict
+
+        logits, _ = predict(runnable, self.eval_loader, self.task, device="cpu")
+        metrics = self.task.compute_metrics(logits, self.data)
+        row = {"accuracy": metrics["accuracy"], "f1": metrics["f1"]}
+        with torch.no_grad():
+            for b in BATCHES:
+                row[f"latency_ms_b{b}"] = median_ms(lambda: runnable(**self.inputs[b]), self.runs)
+        return row
+
+
 def median_ms(call, runs: int) -> float:
     call()  # warm-up: first-call allocation and kernel selection
     times = []
@@ -104,23 +137,12 @@ def median_ms(call, runs: int) -> float:
     return statistics.median(times)
 
 
-def measure(runs: int) -> dict:
-    import torch
-    from torch.utils.data import DataLoader
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def measure(bench: Bench) -> dict:
+    from transformers import AutoModelForSequenceClassification
 
     from prunelab.quant import load_quantized, quantize
-    from prunelab.train.evaluation import predict
 
-    torch.set_num_threads(THREADS)
-    tokenizer = AutoTokenizer.from_pretrained(run_dir("dense") / "model")
-    task, data = load_task(tokenizer)
-    eval_loader = DataLoader(data.eval, batch_size=64, collate_fn=data.collator)
-    calibration = list(DataLoader(data.train, batch_size=32, collate_fn=data.collator))
-    generator = torch.Generator().manual_seed(0)
-    inputs = {b: {"input_ids": torch.randint(1000, 20000, (b, SEQ), generator=generator),
-                  "attention_mask": torch.ones(b, SEQ, dtype=torch.long),
-                  "token_type_ids": torch.zeros(b, SEQ, dtype=torch.long)} for b in BATCHES}
+    calibration = bench.calibration
     rows = []
     for base in BASES:
         model = AutoModelForSequenceClassification.from_pretrained(run_dir(base) / "model").eval()
@@ -135,13 +157,7 @@ def measure(runs: int) -> dict:
             variants["qat"] = load_quantized(qat_dir, num_threads=THREADS)
         for approach, variant in variants.items():
             runnable, size = variant if approach == "fp32" else (variant, variant.size_bytes)
-            logits, _ = predict(runnable, eval_loader, task, device="cpu")
-            metrics = task.compute_metrics(logits, data)
-            row = {"model": base, "approach": approach, "accuracy": metrics["accuracy"], "f1": metrics["f1"],
-                   "size_bytes": size}
-            with torch.no_grad():
-                for b in BATCHES:
-                    row[f"latency_ms_b{b}"] = median_ms(lambda: runnable(**inputs[b]), runs)
+            row = {"model": base, "approach": approach, "size_bytes": size, **bench.evaluate(runnable)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     for row in rows:  # ratios to the same model's fp32, measured in this process
@@ -150,35 +166,25 @@ def measure(runs: int) -> dict:
         for b in BATCHES:
             row[f"speedup_b{b}"] = fp32[f"latency_ms_b{b}"] / row[f"latency_ms_b{b}"]
         row["accuracy_drop_points"] = 100 * (fp32["accuracy"] - row["accuracy"])
-    return {"date": time.strftime("%Y-%m-%d"), "threads": THREADS, "seq": SEQ, "runs": runs, "rows": rows,
+    return {"date": time.strftime("%Y-%m-%d"), "threads": THREADS, "seq": SEQ, "runs": bench.runs, "rows": rows,
             "runs_used": {name: str(run_dir(name)) for name in RUNS}}
 
 
-def measure_compaction(runs: int) -> dict | None:
+def measure_compaction(bench: Bench) -> dict | None:
     """Issue 14's table: dense vs masked (heads + neurons zeroed) vs compacted vs compacted + int8
     (static), in PyTorch, ONNX Runtime and OpenVINO; dev accuracy / F1; ratios to dense fp32 torch."""
     import tempfile
 
     import torch
-    from torch.utils.data import DataLoader
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
     from prunelab.export import count_parameters, export_onnx, load_compacted, ort_session
     from prunelab.quant import quantize
-    from prunelab.train.evaluation import predict
 
     source = run_dir("heads-neurons")
     if not (source / "export" / "model").is_dir():
         return None
-    torch.set_num_threads(THREADS)
-    tokenizer = AutoTokenizer.from_pretrained(run_dir("dense") / "model")
-    task, data = load_task(tokenizer)
-    eval_loader = DataLoader(data.eval, batch_size=64, collate_fn=data.collator)
-    calibration = list(DataLoader(data.train, batch_size=32, collate_fn=data.collator))
-    generator = torch.Generator().manual_seed(0)
-    inputs = {b: {"input_ids": torch.randint(1000, 20000, (b, SEQ), generator=generator),
-                  "attention_mask": torch.ones(b, SEQ, dtype=torch.long),
-                  "token_type_ids": torch.zeros(b, SEQ, dtype=torch.long)} for b in BATCHES}
+    calibration = bench.calibration
     dense = AutoModelForSequenceClassification.from_pretrained(run_dir("dense") / "model").eval()
     masked = AutoModelForSequenceClassification.from_pretrained(source / "model").eval()
     compacted = load_compacted(source / "export" / "model").eval()
@@ -214,13 +220,7 @@ def measure_compaction(runs: int) -> dict | None:
     }
     rows = []
     for (model, runtime), (runnable, parameters) in variants.items():
-        logits, _ = predict(runnable, eval_loader, task, device="cpu")
-        metrics = task.compute_metrics(logits, data)
-        row = {"model": model, "runtime": runtime, "parameters": parameters, "accuracy": metrics["accuracy"],
-               "f1": metrics["f1"]}
-        with torch.no_grad():
-            for b in BATCHES:
-                row[f"latency_ms_b{b}"] = median_ms(lambda: runnable(**inputs[b]), runs)
+        row = {"model": model, "runtime": runtime, "parameters": parameters, **bench.evaluate(runnable)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     base = rows[0]
@@ -273,8 +273,9 @@ def main() -> None:
     if args.stage == "train":
         train(args.runs)
     else:
-        result = measure(args.latency_runs)
-        result["compaction"] = measure_compaction(args.latency_runs)
+        bench = Bench(args.latency_runs)
+        result = measure(bench)
+        result["compaction"] = measure_compaction(bench)
         (RESULTS / "inference_mrpc.json").write_text(json.dumps(result, indent=2) + "\n")
         table = write_table(result) + (write_compaction_table(result) if result["compaction"] else "")
         (RESULTS / "inference_mrpc.md").write_text(table)

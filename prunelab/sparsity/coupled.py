@@ -26,7 +26,7 @@ from torch import nn
 
 from prunelab.sparsity.config import GroupConfig
 from prunelab.sparsity.coupling import Structure, find_structures, known_layouts
-from prunelab.sparsity.patterns import PRUNED_SCORE, with_pruned_last
+from prunelab.sparsity.patterns import with_pruned_last
 from prunelab.sparsity.pruner import PruningGroup
 
 
@@ -258,15 +258,8 @@ class CoupledGroup(PruningGroup):
             op.keep = keep
             op.write_members()
             return
-        # Units newly pruned by this update go in even slices over the blend's sub-steps, lowest first.
-        scores = self._scores[op.span]
-        fresh_index = torch.nonzero((pruned > 0) & (scores > PRUNED_SCORE / 2)).squeeze(1)
-        order = fresh_index[torch.argsort(scores[fresh_index], stable=True)]
-        stage = torch.zeros(op.units, dtype=torch.float32, device=scores.device)
-        slices = torch.arange(order.numel(), device=scores.device) * self.blend_steps // max(order.numel(), 1)
-        stage[order] = slices.float() + 1
         op.final_keep = keep
-        op.stage = stage.to(torch.int8)
+        op.stage = self._blend_stages(op, pruned).to(torch.int8)
 
     def _blend(self, sub_step: int) -> None:
         for op in self.ops:

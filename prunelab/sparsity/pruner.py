@@ -284,17 +284,20 @@ class PruningGroup:
         if not self.config.progressive:
             op.mask.copy_(op.view.from_2d(keep))
             return
-        # Weights newly pruned by this update are ranked by score and assigned to sub-steps
-        # 1..blend_steps, lowest first, so the new mask arrives in even slices.
+        per_weight = self.pattern.expand(self._blend_stages(op, pruned), rows, cols) * (1.0 - keep)
+        op.final_mask = op.view.from_2d(keep).contiguous()
+        op.stage = op.view.from_2d(per_weight).to(torch.int8).contiguous()
+
+    def _blend_stages(self, op, pruned: torch.Tensor) -> torch.Tensor:
+        """Per unit of ``op``: the sub-step (1..blend_steps) at which a unit newly pruned by this
+        update goes, lowest score first, so the new mask arrives in even slices; 0 elsewhere."""
         scores = self._scores[op.span]
         fresh_index = torch.nonzero((pruned > 0) & (scores > PRUNED_SCORE / 2)).squeeze(1)
         order = fresh_index[torch.argsort(scores[fresh_index], stable=True)]
         stage = torch.zeros(op.units, dtype=torch.float32, device=scores.device)
         slices = torch.arange(order.numel(), device=scores.device) * self.blend_steps // max(order.numel(), 1)
         stage[order] = slices.float() + 1
-        per_weight = self.pattern.expand(stage, rows, cols) * (1.0 - keep)
-        op.final_mask = op.view.from_2d(keep).contiguous()
-        op.stage = op.view.from_2d(per_weight).to(torch.int8).contiguous()
+        return stage
 
     def _blend(self, sub_step: int) -> None:
         """Apply the progressive mask of ``sub_step`` (0 at the update, last = the full new mask)."""

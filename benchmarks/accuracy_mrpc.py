@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import itertools
 import json
 import os
 import re
@@ -39,6 +40,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer  # no
 
 from prunelab.tasks.glue import GlueTask  # noqa: E402
 from prunelab.train.distillation import KnowledgeDistiller  # noqa: E402
+from prunelab.train.feature_distillation import HiddenStateKnowledgeDistiller  # noqa: E402
 from prunelab.train.loop import Trainer, TrainConfig  # noqa: E402
 
 # The recipe of the reference numbers (shared/bench/inc-2.6-mrpc-minilm.json); keep it exact.
@@ -52,6 +54,20 @@ SEED_SUFFIX = re.compile(r"_seed\d+$")  # rows of seeds other than the recipe's:
 EXCLUDED = ["classifier", "pooler", ".*embeddings.*"]
 TARGETS = {"4x1": 0.8, "2:4": 0.5}
 KD_TEMPERATURE, KD_WEIGHT = 2.0, 1.0
+# The distillation of a pruning run (--distill): the teacher is the dense start point.
+# kd: prunelab's logit KD, CE + 1.0 x KL x T^2 at T=2 (rows without a suffix, as before).
+# reference: what INC's MRPC pruning script did with --distill_loss_weight 5: the loss *replaced* by
+#   5 x MSE(last hidden states, every position), AdamW betas (0.9, 0.9), no weight decay on the classifier.
+# layerwise: CE + 5 x mean over the six layers' outputs of MSE(student, teacher), every position.
+DISTILLATIONS = {
+    "kd": (lambda task, model, teacher: KnowledgeDistiller(
+        task, model, teacher=teacher, temperature=KD_TEMPERATURE, loss_weight=KD_WEIGHT, precompute=True), {}),
+    "reference": (lambda task, model, teacher: HiddenStateKnowledgeDistiller(
+        task, model, teacher=teacher, loss_weight=5.0, replace_task_loss=True),
+        dict(adam_betas=(0.9, 0.9), no_decay_modules=("classifier",))),
+    "layerwise": (lambda task, model, teacher: HiddenStateKnowledgeDistiller(
+        task, model, teacher=teacher, loss_weight=5.0, layers=[1, 2, 3, 4, 5, 6], replace_task_loss=False), {}),
+}
 MRPC_TASK = dict(
     name="mrpc", hub_config="mrpc", text_fields=["sentence1", "sentence2"], num_labels=2,
     metrics=["accuracy", "f1"], main_metric="accuracy",
@@ -122,7 +138,7 @@ class HookTimer:
         return timed
 
 
-def train(model, tokenizer, args, recipe: dict, save_partial, callbacks=None, teacher=None) -> dict:
+def train(model, tokenizer, args, recipe: dict, save_partial, callbacks=None, teacher=None, distill="kd") -> dict:
     task = GlueTask(**MRPC_TASK, data_root=args.data_root, max_length=MAX_LENGTH,
                     max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples, seed=args.seed)
     data = task.load(tokenizer)
@@ -133,12 +149,12 @@ def train(model, tokenizer, args, recipe: dict, save_partial, callbacks=None, te
         per_device_train_batch_size=16, per_device_eval_batch_size=64,
         weight_decay=recipe["weight_decay"], lr_scheduler_type=recipe["lr_scheduler_type"],
         num_warmup_steps=round(recipe.get("warmup_ratio", 0.0) * steps_per_epoch * epochs),
-        seed=args.seed, progress_bar=not args.no_progress,
+        seed=args.seed, progress_bar=not args.no_progress, **(DISTILLATIONS[distill][1] if teacher else {}),
     )
     trainer = Trainer(model, task, data, config, Accelerator(cpu=True))
     distiller = None
     if teacher is not None:
-        distiller = KnowledgeDistiller(task, model, teacher=teacher, temperature=KD_TEMPERATURE, loss_weight=KD_WEIGHT)
+        distiller = DISTILLATIONS[distill][0](task, model, teacher)
     curve = []
     hooks = HookTimer(callbacks) if callbacks is not None else None
     last_wall, last_hooks = time.perf_counter(), 0.0  # at the previous evaluation
@@ -196,13 +212,19 @@ def run_prune(args, save) -> None:
     start, end = (round(e * epoch_steps * epochs / PRUNE["num_train_epochs"]) for e in PRUNING_WINDOW_EPOCHS)
     config = engine_config(args.pattern, start, end)
     callbacks = BACKENDS[args.backend](model, copy.deepcopy(config))  # INC edits the lists it is given
-    name = f"{args.backend}_{args.pattern}_{TARGETS[args.pattern]}" + ("" if args.seed == SEED else f"_seed{args.seed}")
+    name = run_name(args.backend, args.pattern, args.distill, args.seed)
 
     def save_with_config(row: dict) -> None:
-        save(name, {**row, "pruning_config": config})
+        save(name, {**row, "pruning_config": config, "distill": args.distill})
 
     save_with_config(train(model, tokenizer, args, PRUNE, save_partial=save_with_config,
-                           callbacks=callbacks, teacher=str(args.dense_dir)))
+                           callbacks=callbacks, teacher=str(args.dense_dir), distill=args.distill))
+
+
+def run_name(backend: str, pattern: str, distill: str, seed: int) -> str:
+    """<backend>_<pattern>_<target>[_<distill>][_seed<N>]: kd and the recipe's seed carry no suffix."""
+    return (f"{backend}_{pattern}_{TARGETS[pattern]}" + ("" if distill == "kd" else f"_{distill}")
+            + ("" if seed == SEED else f"_seed{seed}"))
 
 
 def commit() -> str:
@@ -296,27 +318,56 @@ def seed_summary(results: dict, dense: float | None) -> list[str]:
 
 
 def paired_summary(results: dict) -> list[str]:
-    """prunelab minus INC on the same seed: both start from the same state and see the same batches."""
-    finished = finished_pruning_runs(results)
-    pairs: dict[str, dict[int, tuple[float, float]]] = {}  # "2:4_0.5" -> seed -> (final, final-sparsity epochs)
-    for name, row in finished.items():
-        rival = finished.get("inc" + name[len("prunelab"):]) if name.startswith("prunelab_") else None
-        if rival:
-            pairs.setdefault(SEED_SUFFIX.sub("", name)[len("prunelab_"):], {})[row.get("seed", SEED)] = (
-                round(100 * (row["dev_acc"] - rival["dev_acc"]), 4),
-                100 * (statistics.mean(final_sparsity_accuracies(row)) - statistics.mean(final_sparsity_accuracies(rival))))
-    if not pairs:
+    """Each prunelab group minus each INC group of the same pattern and target, seed by seed: both
+    start from the same state and see the same batches. p-values: a paired t-test, and the exact
+    sign-flip test (every +/- assignment of the differences; needs no normality, but with n seeds
+    it cannot go below 2 / 2^n)."""
+    groups: dict[str, dict[int, dict]] = {}  # "prunelab_2:4_0.5_reference" -> seed -> row
+    for name, row in finished_pruning_runs(results).items():
+        groups.setdefault(SEED_SUFFIX.sub("", name), {})[row.get("seed", SEED)] = row
+    lines = []
+    for ours, our_rows in sorted(groups.items(), key=lambda item: by_pattern(item[0])):
+        if not ours.startswith("prunelab_"):
+            continue
+        for rival, rival_rows in sorted(groups.items()):
+            if not rival.startswith("inc_") or setting_of(rival) != setting_of(ours):
+                continue
+            seeds = sorted(set(our_rows) & set(rival_rows))
+            if not seeds:
+                continue
+            diffs = [round(100 * (our_rows[s]["dev_acc"] - rival_rows[s]["dev_acc"]), 4) for s in seeds]
+            settled = statistics.mean(
+                100 * (statistics.mean(final_sparsity_accuracies(our_rows[s]))
+                       - statistics.mean(final_sparsity_accuracies(rival_rows[s]))) for s in seeds)
+            t_p, flip_p = paired_p_values(diffs)
+            per_seed = ", ".join(f"{s}: {d:+.2f}" for s, d in zip(seeds, diffs))
+            tally = f"{sum(d > 0 for d in diffs)} / {sum(d == 0 for d in diffs)} / {sum(d < 0 for d in diffs)}"
+            lines.append(f"| {ours} vs {rival} | {len(seeds)} | {per_seed} | {statistics.mean(diffs):+.2f} | {tally} "
+                         f"| {t_p} | {flip_p} | {settled:+.2f} |")
+    if not lines:
         return []
-    lines = ["", "prunelab minus INC on the same seed (dev accuracy, points):", "",
-             "| pattern | final epoch, per seed | final epoch, mean | prunelab ahead / tie / behind | "
-             "mean over final-sparsity epochs, mean over seeds |", "|---|---|---|---|---|"]
-    for setting, by_seed in sorted(pairs.items()):  # "<pattern>_<target>", in the order of the seed table
-        final = [value for value, _ in by_seed.values()]
-        per_seed = ", ".join(f"{seed}: {value:+.2f}" for seed, (value, _) in sorted(by_seed.items()))
-        tally = f"{sum(v > 0 for v in final)} / {sum(v == 0 for v in final)} / {sum(v < 0 for v in final)}"
-        settled = statistics.mean(value for _, value in by_seed.values())
-        lines.append(f"| {setting.replace('_', ' at ')} | {per_seed} | {statistics.mean(final):+.2f} | {tally} | {settled:+.2f} |")
-    return lines
+    return ["", "prunelab minus INC on the same seed (dev accuracy of the final epoch, points):", "",
+            "| prunelab group vs INC group | seeds | per seed | mean | ahead / tie / behind | paired t-test p "
+            "| sign-flip p | mean over final-sparsity epochs |", "|---|---|---|---|---|---|---|---|", *lines]
+
+
+def setting_of(group: str) -> str:
+    """"prunelab_2:4_0.5_reference" -> "2:4_0.5": the pattern and target a group prunes to."""
+    return "_".join(group.split("_")[1:3])
+
+
+def paired_p_values(diffs: list[float]) -> tuple[str, str]:
+    """Two-sided p-values that the mean paired difference is 0 (formatted; "-" where undefined)."""
+    if len(diffs) < 2:
+        return "-", "-"
+    observed = abs(sum(diffs))
+    flips = list(itertools.product((1, -1), repeat=len(diffs)))
+    flip_p = sum(abs(sum(sign * d for sign, d in zip(signs, diffs))) >= observed - 1e-9 for signs in flips) / len(flips)
+    if statistics.pstdev(diffs) == 0:
+        return "-", f"{flip_p:.3f}"
+    from scipy.stats import ttest_rel
+
+    return f"{ttest_rel(diffs, [0.0] * len(diffs)).pvalue:.3f}", f"{flip_p:.3f}"
 
 
 def main() -> None:
@@ -324,6 +375,8 @@ def main() -> None:
     parser.add_argument("stage", choices=["dense", "prune"])
     parser.add_argument("--backend", choices=sorted(BACKENDS), default="prunelab")
     parser.add_argument("--pattern", choices=sorted(TARGETS), default="4x1")
+    parser.add_argument("--distill", choices=list(DISTILLATIONS), default="kd",
+                        help="prune stage only: the distillation (see DISTILLATIONS); rows of others get a _<distill> suffix")
     parser.add_argument("--data-root", default=os.environ.get("PRUNELAB_DATA_ROOT", str(REPO.parent / "shared/data")))
     parser.add_argument("--dense-dir", type=Path, default=REPO / "benchmarks/results/work/dense-minilm-mrpc")
     parser.add_argument("--quick", action="store_true", help="64 train / 64 dev examples, 2 epochs: a smoke check")

@@ -190,6 +190,7 @@ def measure_compaction(bench: Bench) -> dict | None:
     compacted = load_compacted(source / "export" / "model").eval()
     scratch = Path(tempfile.mkdtemp())
     export_onnx(dense, scratch / "dense.onnx")
+    export_onnx(masked, scratch / "masked.onnx")
 
     def ort(path):
         session = ort_session(path, THREADS)
@@ -209,6 +210,7 @@ def measure_compaction(bench: Bench) -> dict | None:
         ("dense", "torch fp32"): (dense, count_parameters(dense)),
         ("dense", "ONNX Runtime fp32"): (ort(scratch / "dense.onnx"), count_parameters(dense)),
         ("masked", "torch fp32"): (masked, count_parameters(masked)),
+        ("masked", "ONNX Runtime fp32"): (ort(scratch / "masked.onnx"), count_parameters(masked)),
         ("compacted", "torch fp32"): (compacted, count_parameters(compacted)),
         ("compacted", "ONNX Runtime fp32"): (ort(source / "export" / "model.onnx"), count_parameters(compacted)),
         ("compacted", "OpenVINO int8 static"): (

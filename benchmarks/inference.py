@@ -113,28 +113,36 @@ class Bench:
                            "token_type_ids": torch.zeros(b, SEQ, dtype=torch.long)} for b in BATCHES}
 
     def evaluate(self, runnable) -> dict:
-        """Dev accuracy / F1 and the median latency at each batch size of a model-like callable."""
-        import torch
-
+        """Dev accuracy / F1 of a model-like callable."""
         from prunelab.train.evaluation import predict
 
         logits, _ = predict(runnable, self.eval_loader, self.task, device="cpu")
         metrics = self.task.compute_metrics(logits, self.data)
-        row = {"accuracy": metrics["accuracy"], "f1": metrics["f1"]}
+        return {"accuracy": metrics["accuracy"], "f1": metrics["f1"]}
+
+    def time_interleaved(self, rows: list[dict], runnables: list) -> None:
+        """Median latency of every runnable at each batch size, into its row. The calls are
+        interleaved (each round runs every runnable once, in a fresh seeded random order), so a
+        change of machine load, or what a runtime leaves behind for the next call, hits all of
+        them alike and the ratios hold."""
+        import random
+
+        import torch
+
+        order = random.Random(0)
         with torch.no_grad():
             for b in BATCHES:
-                row[f"latency_ms_b{b}"] = median_ms(lambda: runnable(**self.inputs[b]), self.runs)
-        return row
-
-
-def median_ms(call, runs: int) -> float:
-    call()  # warm-up: first-call allocation and kernel selection
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
+                batch = self.inputs[b]
+                times: list[list[float]] = [[] for _ in runnables]
+                for runnable in runnables:  # warm-up: first-call allocation and kernel selection
+                    runnable(**batch)
+                for _ in range(self.runs):
+                    for index in order.sample(range(len(runnables)), len(runnables)):
+                        started = time.perf_counter()
+                        runnables[index](**batch)
+                        times[index].append((time.perf_counter() - started) * 1000)
+                for row, taken in zip(rows, times):
+                    row[f"latency_ms_b{b}"] = statistics.median(taken)
 
 
 def measure(bench: Bench) -> dict:
@@ -143,7 +151,7 @@ def measure(bench: Bench) -> dict:
     from prunelab.quant import load_quantized, quantize
 
     calibration = bench.calibration
-    rows = []
+    rows, runnables = [], []
     for base in BASES:
         model = AutoModelForSequenceClassification.from_pretrained(run_dir(base) / "model").eval()
         variants = {
@@ -157,9 +165,10 @@ def measure(bench: Bench) -> dict:
             variants["qat"] = load_quantized(qat_dir, num_threads=THREADS)
         for approach, variant in variants.items():
             runnable, size = variant if approach == "fp32" else (variant, variant.size_bytes)
-            row = {"model": base, "approach": approach, "size_bytes": size, **bench.evaluate(runnable)}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            rows.append({"model": base, "approach": approach, "size_bytes": size, **bench.evaluate(runnable)})
+            runnables.append(runnable)
+            print(json.dumps(rows[-1]), flush=True)
+    bench.time_interleaved(rows, runnables)
     for row in rows:  # ratios to the same model's fp32, measured in this process
         fp32 = next(r for r in rows if r["model"] == row["model"] and r["approach"] == "fp32")
         row["size_ratio"] = row["size_bytes"] / fp32["size_bytes"]
@@ -193,7 +202,7 @@ def measure_compaction(bench: Bench) -> dict | None:
     export_onnx(masked, scratch / "masked.onnx")
 
     def ort(path):
-        session = ort_session(path, THREADS)
+        session = ort_session(path, THREADS, spinning=False)  # interleaved with torch and OpenVINO
         names = {i.name for i in session.get_inputs()}
 
         class Runner:  # an ONNX Runtime session called like the HF model
@@ -222,9 +231,9 @@ def measure_compaction(bench: Bench) -> dict | None:
     }
     rows = []
     for (model, runtime), (runnable, parameters) in variants.items():
-        row = {"model": model, "runtime": runtime, "parameters": parameters, **bench.evaluate(runnable)}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        rows.append({"model": model, "runtime": runtime, "parameters": parameters, **bench.evaluate(runnable)})
+        print(json.dumps(rows[-1]), flush=True)
+    bench.time_interleaved(rows, [runnable for runnable, _ in variants.values()])
     base = rows[0]
     for row in rows:
         for b in BATCHES:
@@ -237,7 +246,7 @@ def measure_compaction(bench: Bench) -> dict | None:
 def write_compaction_table(result: dict) -> str:
     lines = [
         "", f"## Heads and neurons: 50% of each pruned during fine-tuning, then compacted ({result['threads']} threads, "
-        f"seq {result['seq']}, median of {result['runs']} runs; ratios to dense fp32 in PyTorch, same process)", "",
+        f"seq {result['seq']}, median of {result['runs']} interleaved runs; ratios to dense fp32 in PyTorch, same process)", "",
         "| model | runtime | parameters | dev acc | F1 | acc drop (points) | ms b1 | speedup b1 | ms b32 | speedup b32 |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -253,7 +262,7 @@ def write_compaction_table(result: dict) -> str:
 def write_table(result: dict) -> str:
     lines = [
         f"# MRPC inference: fp32 vs int8 (all-MiniLM-L6-v2, {result['date']}, {result['threads']} threads, seq "
-        f"{result['seq']}, median of {result['runs']} runs; ratios to the same model's fp32 in the same process)", "",
+        f"{result['seq']}, median of {result['runs']} interleaved runs; ratios to the same model's fp32 in the same process)", "",
         "| model | approach | dev acc | F1 | acc drop (points) | size MB | size ratio | ms b1 | speedup b1 | ms b32 | speedup b32 |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]

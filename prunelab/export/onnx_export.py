@@ -143,13 +143,17 @@ def _opset(path: Path) -> int | None:
         return None
 
 
-def ort_session(path: str | Path, threads: int = 2):
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads (one inter-op thread)."""
+def ort_session(path: str | Path, threads: int = 2, spinning: bool = True):
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads (one inter-op thread).
+    spinning=False makes idle threads sleep at once: ONNX Runtime's default keeps them spinning
+    after each run, which takes the cores from whatever the process runs next (another runtime)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -121,28 +120,17 @@ class Bench:
         return {"accuracy": metrics["accuracy"], "f1": metrics["f1"]}
 
     def time_interleaved(self, rows: list[dict], runnables: list) -> None:
-        """Median latency of every runnable at each batch size, into its row. The calls are
-        interleaved (each round runs every runnable once, in a fresh seeded random order), so a
-        change of machine load, or what a runtime leaves behind for the next call, hits all of
-        them alike and the ratios hold."""
-        import random
-
+        """Median latency of every runnable at each batch size, into its row, timed interleaved
+        (``prunelab.export.latency.interleaved_medians``): the ratios hold under changing load."""
         import torch
 
-        order = random.Random(0)
+        from prunelab.export.latency import interleaved_medians
+
         with torch.no_grad():
             for b in BATCHES:
-                batch = self.inputs[b]
-                times: list[list[float]] = [[] for _ in runnables]
-                for runnable in runnables:  # warm-up: first-call allocation and kernel selection
-                    runnable(**batch)
-                for _ in range(self.runs):
-                    for index in order.sample(range(len(runnables)), len(runnables)):
-                        started = time.perf_counter()
-                        runnables[index](**batch)
-                        times[index].append((time.perf_counter() - started) * 1000)
-                for row, taken in zip(rows, times):
-                    row[f"latency_ms_b{b}"] = statistics.median(taken)
+                calls = {index: (lambda run=runnable: run(**self.inputs[b])) for index, runnable in enumerate(runnables)}
+                for index, median in interleaved_medians(calls, self.runs, warmup=1).items():
+                    rows[index][f"latency_ms_b{b}"] = median
 
 
 def measure(bench: Bench) -> dict:

@@ -9,6 +9,7 @@ from transformers import AutoModelForSequenceClassification
 from prunelab.app.run import run
 from prunelab.errors import ConfigError
 from prunelab.export import load_compacted
+from prunelab.quant import load_quantized
 
 
 def test_heads_and_neurons_are_cut_out_exactly(make_config, tmp_path):
@@ -34,3 +35,25 @@ def test_export_needs_the_saved_model(make_config, tmp_path):
     with pytest.raises(ConfigError) as caught:
         run(make_config("export=compact", "save_model=false"), tmp_path)
     assert str(caught.value) == "export=compact: works on the saved model; set save_model=true"
+
+
+def test_static_int8_of_the_compacted_model_matches_int8_of_the_masked_one(make_config, tmp_path):
+    run(make_config("task=sst2", "max_train_samples=64", "num_train_epochs=2", "experiment=heads-neurons",
+                    "export.onnx=false", "export.latency_runs=2", "quant=static",
+                    "quant.num_calibration_samples=32"), tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    report = json.loads((tmp_path / "export" / "export.json").read_text())
+    assert report["quantized"]["approach"] == "static" and report["quantized"]["size_bytes"] > 0
+    assert report["quantized"]["max_abs_logit_diff_to_float"] > 0  # int8 rounding, reported
+    assert "int8 (static) of the compacted model" in summary["notes"][-1]
+    # The compacted float model scores what the masked model scored in training; removed units were
+    # exact zeros, so the int8 of either model sees the same activation ranges and weight codes.
+    assert report["metrics"]["compacted"] == summary["metrics"]
+    assert report["metrics"]["int8"]["eval/accuracy"] == summary["quantization"]["metrics"]["eval/accuracy"]
+    masked_int8 = load_quantized(tmp_path / "quantized")
+    compacted_int8 = load_quantized(tmp_path / "export" / "quantized")
+    ids = torch.randint(5, 60, (3, 20), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    assert torch.allclose(compacted_int8(**batch)["logits"], masked_int8(**batch)["logits"], atol=1e-3)
+    assert set(report["latency"]["batch_1"]) >= {"torch_dense_ms", "torch_compacted_ms", "int8_compacted_ms",
+                                                  "int8_compacted_ratio"}

@@ -3,7 +3,9 @@
 ``none`` stops at ``model/``. ``compact`` cuts the pruned attention heads and FFN neurons out of
 the saved model (exactly), exports the result to ONNX, checks every copy's logits against the
 saved model and measures latencies: ``<run dir>/export/`` with ``export.json``, the same as
-``python -m prunelab.export RUN_DIR`` afterwards.
+``python -m prunelab.export RUN_DIR`` afterwards. With ``quant=dynamic|static`` the run also
+quantizes the compacted model the same way (``export/quantized/``), evaluates both on the eval set
+and times the int8 one beside the others.
 """
 from __future__ import annotations
 
@@ -42,8 +44,10 @@ class Export:
     def enabled(self) -> bool:
         return self.kind != "none"
 
-    def run(self, run_dir: Path) -> dict:
+    def run(self, run_dir: Path, int8=None, evaluate=None) -> dict:
+        """``int8`` / ``evaluate``: as ``prunelab.export.export_run`` takes them (the run's quant
+        stage applied to the compacted model; the run's eval set)."""
         from prunelab.export import export_run  # onnx/onnxruntime load only when exporting
 
         return export_run(run_dir, runs=self.latency_runs, batch_sizes=tuple(self.batch_sizes),
-                          sequence=self.sequence, threads=self.threads, onnx=self.onnx)
+                          sequence=self.sequence, threads=self.threads, onnx=self.onnx, int8=int8, evaluate=evaluate)

@@ -181,17 +181,13 @@ def quantize(state: RunState) -> None:
         return
     main = state.accelerator.is_main_process
     if main:
-        calibration = DataLoader(state.data.train, batch_size=state.cfg.per_device_eval_batch_size,
-                                 collate_fn=state.data.collator)
         # The int8 model runs on CPU (OpenVINO): convert a CPU copy of a model trained elsewhere.
         on_cpu = state.accelerator.device.type == "cpu"
-        state.quantized = quantization.convert(model if on_cpu else copy.deepcopy(model).cpu(), calibration)
+        state.quantized = quantization.convert(model if on_cpu else copy.deepcopy(model).cpu(), _calibration_loader(state))
     quantization.release(model)
     if main:
-        logits, _ = predict(state.quantized, _eval_loader(state), state.task, device="cpu")
-        metrics = {f"eval/{k}": v for k, v in state.task.compute_metrics(logits, state.data).items()}
         state.summary.write(quantization={
-            "approach": quantization.approach, "metrics": metrics, "size_bytes": None,
+            "approach": quantization.approach, "metrics": _evaluate(state, state.quantized), "size_bytes": None,
             "float_size_bytes": sum(t.numel() * t.element_size() for t in model.state_dict().values()),
         })
 
@@ -216,15 +212,34 @@ def export(state: RunState) -> None:
     """The compacted model, ONNX and latencies from the saved model (main process alone)."""
     exporter = build(state.cfg.export)
     if exporter.enabled and state.accelerator.is_main_process:
-        report = exporter.run(state.out)
+        quantization = state.quantization
+        # QAT's int8 ranges were learned in the uncompacted layers: its int8 model is quantized/.
+        int8 = (lambda model: quantization.convert(model, _calibration_loader(state))) \
+            if quantization.enabled and quantization.approach != "qat" else None
+        report = exporter.run(state.out, int8=int8, evaluate=lambda model: _evaluate(state, model))
         parameters = report["parameters"]
-        state.summary.write(notes=[*state.summary.fields["notes"],
-                                   f"export: {state.out / 'export'}, parameters {parameters['before']} -> "
-                                   f"{parameters['after']} ({parameters['ratio']:.3f}x)"])
+        note = (f"export: {state.out / 'export'}, parameters {parameters['before']} -> "
+                f"{parameters['after']} ({parameters['ratio']:.3f}x)")
+        if report["quantized"] is not None:
+            note += f"; int8 ({report['quantized']['approach']}) of the compacted model in export/quantized"
+        elif quantization.approach == "qat":
+            note += "; quant=qat: the int8 model is quantized/ (uncompacted; its ranges were learned there)"
+        state.summary.write(notes=[*state.summary.fields["notes"], note])
     state.accelerator.wait_for_everyone()
 
 
 STAGES = (setup_model, setup_data, setup_training, fit, post_training, quantize, save, export)
+
+
+def _calibration_loader(state: RunState) -> DataLoader:
+    """Training batches in a fixed order: what static quantization calibrates on."""
+    return DataLoader(state.data.train, batch_size=state.cfg.per_device_eval_batch_size, collate_fn=state.data.collator)
+
+
+def _evaluate(state: RunState, model) -> dict:
+    """``eval/<metric>`` of a model-like callable (torch or int8) on the run's eval set, on CPU."""
+    logits, _ = predict(model, _eval_loader(state), state.task, device="cpu")
+    return {f"eval/{k}": v for k, v in state.task.compute_metrics(logits, state.data).items()}
 
 
 def _check_steps_fit(config: dict, total_steps: int) -> None:

@@ -1,26 +1,34 @@
-"""Forward-pass latency: median wall time of repeated runs, torch and ONNX Runtime, same inputs."""
+"""Forward-pass latency: median wall time of interleaved runs, torch, ONNX Runtime and int8, same inputs."""
 from __future__ import annotations
 
 import os
+import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
 from prunelab.export.onnx_export import example_inputs, run_ort
 
 
-def median_ms(call: Callable[[], object], runs: int, warmup: int = 2) -> float:
-    """Median milliseconds of ``runs`` calls after ``warmup`` untimed ones."""
+def interleaved_medians(calls: Mapping[str, Callable[[], object]], runs: int, warmup: int = 2, seed: int = 0) -> dict[str, float]:
+    """Median milliseconds of each call over ``runs`` rounds after ``warmup`` untimed ones. Each
+    round runs every call once, in a fresh seeded random order, so a change of machine load (or
+    what one runtime leaves behind for the next call) hits all of them alike and their ratios hold:
+    timed one after another, the same model moved by more than 2x between measurements."""
+    names = list(calls)
     for _ in range(warmup):
-        call()
-    times = []
+        for name in names:
+            calls[name]()
+    order = random.Random(seed)
+    times: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(runs):
-        start = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
+        for name in order.sample(names, len(names)):
+            start = time.perf_counter()
+            calls[name]()
+            times[name].append((time.perf_counter() - start) * 1000.0)
+    return {name: statistics.median(taken) for name, taken in times.items()}
 
 
 def measure(
@@ -31,25 +39,27 @@ def measure(
     sequence: int = 128,
     runs: int = 20,
     threads: int = 2,
+    int8=None,
 ) -> dict:
-    """Per batch size: torch dense, torch compacted and (with ``session``) ORT compacted medians in
-    ms, each also as a ratio to dense measured in the same process moments before."""
+    """Per batch size: torch dense, torch compacted, and (given) ONNX Runtime compacted
+    (``session``) and int8 compacted (``int8``, a ``prunelab.quant.QuantizedModel``) medians in ms,
+    timed interleaved, each also as a ratio to dense."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         results = {}
         for batch in batch_sizes:
             inputs = example_inputs(dense, batch, sequence, seed=batch)
-            with torch.inference_mode():
-                row = {
-                    "torch_dense_ms": median_ms(lambda: dense(**inputs), runs),
-                    "torch_compacted_ms": median_ms(lambda: compacted(**inputs), runs),
-                }
+            calls = {"torch_dense": lambda: dense(**inputs), "torch_compacted": lambda: compacted(**inputs)}
             if session is not None:
-                row["ort_compacted_ms"] = median_ms(lambda: run_ort(session, inputs), runs)
-            base = row["torch_dense_ms"]
-            for key in [k for k in row if k != "torch_dense_ms"]:
-                row[key.replace("_ms", "_ratio")] = row[key] / base if base else None
+                calls["ort_compacted"] = lambda: run_ort(session, inputs)
+            if int8 is not None:
+                calls["int8_compacted"] = lambda: int8(**inputs)
+            with torch.inference_mode():
+                medians = interleaved_medians(calls, runs)
+            base = medians["torch_dense"]
+            row = {f"{name}_ms": value for name, value in medians.items()}
+            row.update({f"{name}_ratio": value / base if base else None for name, value in medians.items() if name != "torch_dense"})
             results[f"batch_{batch}"] = row
         return {
             # Other processes on the machine skew multi-threaded timings badly (OpenMP threads wait
@@ -58,7 +68,7 @@ def measure(
             "sequence_length": sequence,
             "threads": threads,
             "runs": runs,
-            "statistic": "median of runs after 2 warm-up calls, ms",
+            "statistic": "median of runs, interleaved in a random order per round, after 2 warm-up rounds, ms",
             **results,
         }
     finally:

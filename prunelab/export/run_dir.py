@@ -1,7 +1,8 @@
 """Export a saved prunelab run: ``RUN_DIR/model`` -> ``RUN_DIR/export/``.
 
 ``RUN_DIR/export/`` holds ``model/`` (the compacted model, ``load_compacted`` reloads it, with the
-tokenizer files copied beside it), ``model.onnx`` and ``export.json``. Everything is written into
+tokenizer files copied beside it), ``model.onnx``, ``quantized/`` (its int8 model, when asked for)
+and ``export.json``. Everything is written into
 ``export.tmp/`` and renamed once checked, so an ``export/`` directory is always whole.
 """
 from __future__ import annotations
@@ -11,6 +12,9 @@ import os
 import shutil
 from pathlib import Path
 
+from collections.abc import Callable
+
+import numpy as np
 import torch
 
 from prunelab.export.compaction import compact, count_parameters
@@ -26,6 +30,7 @@ from prunelab.export.onnx_export import (
 from prunelab.export.storage import WEIGHT_FILES, load_compacted, save_compacted
 
 EXPORT_DIR = "export"
+QUANTIZED_DIR = "quantized"  # the int8 compacted model, inside EXPORT_DIR
 FORMAT = "prunelab.export/1"
 NOT_COPIED = {"config.json", "generation_config.json", *WEIGHT_FILES}
 
@@ -53,9 +58,17 @@ def export_run(
     onnx: bool = True,
     exporter: str = "dynamo",
     tolerance: float = 1e-4,
+    int8: Callable[[torch.nn.Module], object] | None = None,
+    evaluate: Callable[[object], dict] | None = None,
 ) -> dict:
     """Compact ``RUN_DIR/model``, save it, export it to ONNX, check every copy's logits against the
-    saved (masked) model, measure latencies; returns what ``export.json`` holds."""
+    saved (masked) model, measure latencies; returns what ``export.json`` holds.
+
+    int8: makes the int8 model of the compacted one (a ``prunelab.quant.QuantizedModel``, e.g.
+    ``lambda m: prunelab.quant.quantize(m, "static", batches)``): saved to ``quantized/``, timed
+    with the others; its logits differ from the float model's by rounding, so that gap is reported,
+    not held to ``tolerance``. evaluate: metrics of a model-like callable on the task's eval set,
+    recorded for the compacted model and its int8 one."""
     run_dir = Path(run_dir)
     source = model_dir_of(run_dir)
     final = Path(output) if output is not None else run_dir / EXPORT_DIR
@@ -64,7 +77,7 @@ def export_run(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        report = _export(source, tmp, runs, tuple(batch_sizes), sequence, threads, onnx, exporter, tolerance)
+        report = _export(source, tmp, runs, tuple(batch_sizes), sequence, threads, onnx, exporter, tolerance, int8, evaluate)
         report["source"] = str(source)
         report["run"] = _run_summary(run_dir)
         (tmp / "export.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -77,7 +90,7 @@ def export_run(
     return report
 
 
-def _export(source, out, runs, batch_sizes, sequence, threads, onnx, exporter, tolerance) -> dict:
+def _export(source, out, runs, batch_sizes, sequence, threads, onnx, exporter, tolerance, int8, evaluate) -> dict:
     dense = load_compacted(source)
     try:
         compaction = compact(dense)
@@ -97,14 +110,27 @@ def _export(source, out, runs, batch_sizes, sequence, threads, onnx, exporter, t
     session, onnx_info = None, None
     if onnx:
         onnx_info = export_onnx(compacted, out / "model.onnx", exporter=exporter)
-        session = ort_session(out / "model.onnx", threads)
+        session = ort_session(out / "model.onnx", threads, spinning=False)  # timed interleaved with torch
         diffs["onnxruntime"] = max_abs_diff(reference, run_ort(session, check))
     worst = max(diffs.values())
     if worst > tolerance:
         raise ExportError(f"{source}: the exported model's logits differ from the saved model's by {worst:.3g} > {tolerance:g} ({diffs})")
 
+    quantized, quantized_info = None, None
+    if int8 is not None:
+        quantized = int8(compacted)
+        quantized.save(out / QUANTIZED_DIR, overwrite=True)
+        quantized_info = {
+            "approach": quantized.approach, "dir": QUANTIZED_DIR, "size_bytes": quantized.size_bytes,
+            "max_abs_logit_diff_to_float": max_abs_diff(reference, [np.asarray(v) for v in quantized(**check).values()]),
+            "load": f"prunelab.quant.load_quantized('<this dir>/{QUANTIZED_DIR}')",
+        }
+    metrics = None
+    if evaluate is not None:
+        metrics = {"compacted": evaluate(compacted), **({"int8": evaluate(quantized)} if quantized is not None else {})}
+
     removed = compaction.structure_removed
-    latency = measure(dense, compacted, session, batch_sizes, sequence, runs, threads) if runs > 0 else None
+    latency = measure(dense, compacted, session, batch_sizes, sequence, runs, threads, quantized) if runs > 0 else None
     return {
         "format": FORMAT,
         "model_class": type(dense).__name__,
@@ -126,6 +152,8 @@ def _export(source, out, runs, batch_sizes, sequence, threads, onnx, exporter, t
         "tolerance": tolerance,
         "check_inputs": {"batch": 4, "sequence": min(32, sequence), "padding": "last quarter of every other row"},
         "onnx": onnx_info,
+        "quantized": quantized_info,
+        "metrics": metrics,
         "latency": latency,
         "versions": _versions(),
         "load": "prunelab.export.load_compacted('<this dir>/model')",

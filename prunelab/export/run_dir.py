@@ -182,7 +182,8 @@ def _run_summary(run_dir: Path) -> dict | None:
         summary = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    keys = ("task", "model", "pattern", "pruning_type", "target_sparsity", "main_metric", "metrics", "status")
+    # Not its status: an export=compact stage runs before its own run is marked completed.
+    keys = ("task", "model", "pattern", "pruning_type", "target_sparsity", "main_metric", "metrics")
     return {key: summary.get(key) for key in keys}
 
 

@@ -244,8 +244,7 @@ def run_grid(args, results: Path, dense_dir: Path) -> None:
         for pattern in sorted(TARGETS):
             for backend, distill in GRID_ARMS:
                 name = run_name(backend, pattern, distill, seed)
-                rows = json.loads(results.read_text()) if results.is_file() else {}
-                if rows.get(name, {}).get("status") == "done":
+                if load_results(results).get(name, {}).get("status") == "done":
                     continue
                 python = args.inc_python if backend == "inc" else sys.executable
                 command = [python, __file__, "prune", "--backend", backend, "--pattern", pattern, "--distill", distill,
@@ -343,6 +342,12 @@ def seed_groups(results: dict) -> dict[tuple[str, str], dict[int, dict]]:
     return groups
 
 
+def group_order(item: tuple[tuple[str, str], dict]) -> tuple:
+    """Sort key of ``seed_groups`` items: start point, then pattern, target and backend."""
+    (group, start), _ = item
+    return start, by_pattern(group)
+
+
 def seed_summary(results: dict) -> list[str]:
     """Finished pruning runs grouped over seeds: one seed's final epoch moves by several points."""
     groups = seed_groups(results)
@@ -352,7 +357,7 @@ def seed_summary(results: dict) -> list[str]:
              "| backend_pattern_target[_distill] | start point (dense dev acc) | seeds | final dev acc, mean (min-max) | "
              "rel. drop of mean | mean acc, final-sparsity epochs | s / epoch, mean | pruner hooks, s / epoch, mean |",
              "|---|---|---|---|---|---|---|---|"]
-    for (group, start), by_seed in sorted(groups.items(), key=lambda item: (item[0][1], by_pattern(item[0][0]))):
+    for (group, start), by_seed in sorted(groups.items(), key=group_order):
         rows = list(by_seed.values())
         final = [row["dev_acc"] for row in rows]
         mean = statistics.mean(final)
@@ -374,7 +379,7 @@ def paired_summary(results: dict) -> list[str]:
     it cannot go below 2 / 2^n)."""
     groups = seed_groups(results)
     lines = []
-    for (ours, start), our_rows in sorted(groups.items(), key=lambda item: (item[0][1], by_pattern(item[0][0]))):
+    for (ours, start), our_rows in sorted(groups.items(), key=group_order):
         if not ours.startswith("prunelab_"):
             continue
         for (rival, rival_start), rival_rows in sorted(groups.items()):

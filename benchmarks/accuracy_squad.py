@@ -3,9 +3,9 @@
 The SQuAD side of accuracy_mrpc.py (whose loop, pruning config, backends and timing it shares):
 all-MiniLM-L6-v2 fine-tuned for extractive QA. Offline there is only SQuAD's dev file, so training
 uses its articles but 8 held out for evaluation (``split_dev_by_article``; the held-out articles
-are fixed, whatever the run's seed). The recipe is sized for 2 CPU cores (about half an hour per
-epoch; 8,117 training questions make 8,296 windows), not the reference's 10 epochs on the full training set, so F1 is not comparable with
-published SQuAD figures. Stages:
+are fixed, whatever the run's seed; 8,117 training questions make 8,296 windows). The recipe is
+sized for 2 CPU cores, not the reference's 10 epochs on the full training set, so F1 is not
+comparable with published SQuAD figures. Stages:
 
     python benchmarks/accuracy_squad.py dense                               # 2 epochs, saves the start point
     python benchmarks/accuracy_squad.py prune --pattern 2:4 --distill layerwise

@@ -1,4 +1,4 @@
-"""Knowledge distillation: each option's loss by hand (kd, hidden_mse, simkd), precomputed teacher
+"""Knowledge distillation: each option's loss by hand (kd, hidden_mse, layerwise, simkd), precomputed teacher
 targets equal to online ones under any batch order and padding (sentence-level GLUE logits, per-token
 SQuAD logits, pooled features), replacing vs adding to the task loss in the loop, the classifier
 without weight decay, and a short run through the training loop with each option."""
@@ -118,6 +118,36 @@ def test_hidden_mse_is_weighted_mse_of_the_last_hidden_states(make_config):
     assert distiller.pairs == [(2, 2)] and distiller.replaces_task_loss
     assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
     assert loss.item() > 1e-3
+
+
+def test_layerwise_preset_is_task_loss_plus_weighted_mean_mse_of_every_layer(make_config):
+    cfg = make_config("task=mrpc", "distill=layerwise")
+    task, data, student = _setup(make_config, "task=mrpc")
+    distiller = _prepared(build(cfg.distill)(task=task, student=student), data)
+    _drift(student)
+    batch, index = _batch(data, [7, 70, 3, 41, 88])
+    with torch.no_grad():
+        outputs = student(**batch, output_hidden_states=True)
+        loss = distiller.extra_loss(outputs, batch, index)
+        teacher = distiller.teacher(**batch, output_hidden_states=True).hidden_states
+    # TinyBert has 2 layers: states 1 and 2 are matched, not the embeddings (0).
+    by_hand = 5.0 * (((outputs.hidden_states[1] - teacher[1]) ** 2).mean() + ((outputs.hidden_states[2] - teacher[2]) ** 2).mean()) / 2
+    assert distiller.pairs == [(1, 1), (2, 2)] and not distiller.replaces_task_loss and distiller.frozen == []
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    assert loss.item() > 1e-3
+    assert build(make_config("task=mrpc", "distill=layerwise", "distill_loss_weight=2").distill)(
+        task=task, student=student).loss_weight == 2.0
+
+
+def test_all_layers_of_a_shallower_student_need_a_layer_map(make_config, tmp_path):
+    task, _, student = _setup(make_config, "task=mrpc")
+    teacher = _deeper_teacher(task, tmp_path / "teacher")
+    with pytest.raises(ConfigError, match=r"^distill.layers=all: the student has 2 layers and the teacher 4; give distill.layer_map"):
+        HiddenStateKnowledgeDistiller(task, student, teacher=teacher, layers="all")
+    mapped = HiddenStateKnowledgeDistiller(task, student, teacher=teacher, layers="all", layer_map={1: 2, 2: 4})
+    assert mapped.pairs == [(1, 2), (2, 4)]
+    with pytest.raises(ConfigError, match=r"^distill.layers=every: give a list of hidden-state indices, all"):
+        HiddenStateKnowledgeDistiller(task, student, layers="every")
 
 
 def test_hidden_mse_replacing_the_task_loss_freezes_what_it_cannot_reach(make_config):

@@ -63,6 +63,11 @@ def required(key: str):
     raise ConfigError(f"{key}: must be given (add {key}=... to the command)")
 
 
+def value_or(value, default):
+    """``${prunelab.or:${key},default}``: a preset's own default for a run-level key left null."""
+    return default if value is None else value
+
+
 def register_resolvers() -> None:
     for name, resolver in {
         "prunelab.package_model": package_model_path,
@@ -71,6 +76,7 @@ def register_resolvers() -> None:
         "prunelab.default_target": default_target_sparsity,
         "prunelab.run_dir": run_dir,
         "prunelab.required": required,
+        "prunelab.or": value_or,
     }.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)

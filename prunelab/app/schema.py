@@ -34,7 +34,7 @@ LR_SCHEDULERS = tuple(kind.value for kind in SchedulerType)
 # Flags of the reference scripts (optimum-intel, INC examples) that users will type: where each went.
 FOREIGN_KEYS = {
     "apply_pruning": "use do_prune=true|false",
-    "apply_distillation": "use distill=kd|hidden_mse|simkd",
+    "apply_distillation": "use distill=kd|hidden_mse|layerwise|simkd",
     "apply_quantization": "use quant=dynamic|static|qat",
     "quantization_approach": "use quant=dynamic|static|qat",
     "num_calibration_samples": "use quant=static quant.num_calibration_samples=N",
@@ -251,7 +251,7 @@ def _check_no_effect(cfg: DictConfig, given: dict) -> None:
     distilling = cfg.distill is not None and "_target_" in cfg.distill and cfg.distill._target_.endswith("KnowledgeDistiller")
     if cfg.distill_loss_weight is not None and not distilling:
         raise ConfigError(
-            f"distill_loss_weight={given['distill_loss_weight']}: has no effect without distillation; add distill=kd|hidden_mse|simkd"
+            f"distill_loss_weight={given['distill_loss_weight']}: has no effect without distillation; add distill=kd|hidden_mse|layerwise|simkd"
         )
     if cfg.export.kind != "none" and not cfg.save_model:
         raise ConfigError(f"export={cfg.export.kind}: works on the saved model; set save_model=true")

@@ -32,6 +32,7 @@ from prunelab.tasks.base import Task
 from prunelab.train.distillation import TeacherDistiller
 
 POSITIONS = ("all", "cls")
+ALL_LAYERS = "all"  # distill.layers: the output of every layer
 # Task heads whose input SimKD reuses the teacher's on, in the order looked for.
 HEAD_NAMES = ("classifier", "classifier.out_proj", "qa_outputs")
 
@@ -41,7 +42,7 @@ class HiddenStateKnowledgeDistiller(TeacherDistiller):
     teacher hidden state).
 
     layers: student hidden-state indices matched (0 = embeddings, i = output of layer i, negative
-    from the end; null: [-1], or the keys of layer_map). layer_map: {student index: teacher index},
+    from the end; ``all``: every layer's output, 1..depth; null: [-1], or the keys of layer_map). layer_map: {student index: teacher index},
     needed when the two models differ in depth (without it the last matches the last, 0 matches 0
     and other indices match the same index). positions: ``all`` (every token, the reference) or
     ``cls`` (the first token only). replace_task_loss: true (the reference) trains on this term
@@ -58,7 +59,7 @@ class HiddenStateKnowledgeDistiller(TeacherDistiller):
         student: nn.Module,
         teacher: str | None = None,
         loss_weight: float | None = None,
-        layers: list[int] | None = None,
+        layers: list[int] | str | None = None,
         layer_map: dict[int, int] | None = None,
         positions: str = "all",
         replace_task_loss: bool = True,
@@ -221,9 +222,10 @@ class ReusedClassifierKnowledgeDistiller(TeacherDistiller):
         return hook
 
 
-def layer_pairs(student_depth: int, teacher_depth: int, layers: Sequence[int] | None,
+def layer_pairs(student_depth: int, teacher_depth: int, layers: Sequence[int] | str | None,
                 layer_map: Mapping[int, int] | None) -> list[tuple[int, int]]:
-    """(student, teacher) hidden-state indices, each in 0..depth (0: embeddings, depth: last layer)."""
+    """(student, teacher) hidden-state indices, each in 0..depth (0: embeddings, depth: last layer);
+    ``layers="all"``: every layer's output of the student."""
 
     def index(value, depth: int, key: str, given) -> int:
         if not isinstance(value, int) or isinstance(value, bool) or not -(depth + 1) <= value <= depth:
@@ -238,17 +240,22 @@ def layer_pairs(student_depth: int, teacher_depth: int, layers: Sequence[int] | 
         given = dict(layer_map.items())
         mapping = {index(_as_int(s), student_depth, "distill.layer_map", given):
                    index(_as_int(t), teacher_depth, "distill.layer_map", given) for s, t in given.items()}
-    if layers is None:
-        layers = sorted(mapping) if mapping else [-1]
-    layers = list(layers)
+    if isinstance(layers, str):
+        if layers != ALL_LAYERS:
+            raise ConfigError(f"distill.layers={layers}: give a list of hidden-state indices, {ALL_LAYERS} "
+                              "(every layer's output) or null (the last)")
+        written, layers = layers, list(range(1, student_depth + 1))  # messages name what the config wrote
+    else:
+        layers = list(layers) if layers is not None else (sorted(mapping) if mapping else [-1])
+        written = layers
     if not layers:
         raise ConfigError("distill.layers=[]: give at least one layer (null: the last)")
     pairs = []
     for value in layers:
-        student = index(value, student_depth, "distill.layers", layers)
+        student = index(value, student_depth, "distill.layers", written)
         if mapping is not None:
             if student not in mapping:
-                raise ConfigError(f"distill.layers={layers}: student layer {student} has no entry in distill.layer_map")
+                raise ConfigError(f"distill.layers={written}: student layer {student} has no entry in distill.layer_map")
             pairs.append((student, mapping[student]))
         elif student_depth == teacher_depth or student == 0:
             pairs.append((student, student))
@@ -256,7 +263,7 @@ def layer_pairs(student_depth: int, teacher_depth: int, layers: Sequence[int] | 
             pairs.append((student, teacher_depth))
         else:
             raise ConfigError(
-                f"distill.layers={layers}: the student has {student_depth} layers and the teacher {teacher_depth}; "
+                f"distill.layers={written}: the student has {student_depth} layers and the teacher {teacher_depth}; "
                 "give distill.layer_map ({student layer: teacher layer})"
             )
     return pairs

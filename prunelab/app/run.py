@@ -19,12 +19,13 @@ import transformers
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from prunelab.app.cluster import join_submitit_tasks
 from prunelab.app.config import build, register_resolvers
 from prunelab.app.run_dir import check_resumable, clear_outputs, find_checkpoint, previous_outputs, truncate_metrics
-from prunelab.app.schema import check_config
+from prunelab.app.schema import check_config, check_dense_overrides
 from prunelab.app.stages import STAGES, RunState, check_pruning
 from prunelab.errors import ConfigError, RunInterrupted
 from prunelab.outputs import CONFIG, RunSummary, write_text_atomic
@@ -86,6 +87,8 @@ def _claim(cfg: DictConfig, out: Path) -> tuple[DictConfig, Path | None]:
     """The checked config, and the checkpoint to resume from; the run directory made ready:
     a directory holding another run is refused unless resuming or overwriting."""
     typed = check_config(cfg)
+    if HydraConfig.initialized() and HydraConfig.get().mode != RunMode.MULTIRUN:
+        check_dense_overrides(typed, list(HydraConfig.get().overrides.task))
     check_pruning(typed)
     build(typed.quant)  # its own checks (calibration, what the backend can do) before anything loads
     build(typed.export)

@@ -7,6 +7,7 @@
 - ranges and combinations: settings that would have no effect are errors, not silently ignored.
 The pruning engine's own keys (``pruning.*``) are checked by ``prunelab.sparsity.parse_config``
 in ``prunelab.app.stages``. Every error is one ``ConfigError`` line naming the key.
+``check_dense_overrides`` refuses pruning settings given on the command line of a dense run.
 Defaults and one-line comments live in ``conf/config.yaml``; this file holds the types.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import get_object
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
@@ -97,6 +99,12 @@ class RunSchema:
 
 
 _GROUPS = ("model", "task", "scheduler", "distill", "quant", "export")
+# What only a pruning run reads: given to a dense run (do_prune=false), they would do nothing.
+# (pruning.op_names and friends stay allowed: they set which ops a dense run's sparsity counts.)
+PRUNING_ONLY_KEYS = ("pattern", "pruner", "scheduler", "target_sparsity", "sparsity_warm_epochs", "cooldown_epochs",
+                     "pruning_frequency", "progressive", "pruning.target_sparsity",
+                     "pruning.pruning_scope", "pruning.min_sparsity_ratio_per_op", "pruning.max_sparsity_ratio_per_op")
+
 # Keys the run passes to a group's target itself (so a config file must not set them).
 _RUNTIME_KEYS = {
     "task": {"data_root", "max_length", "max_train_samples", "max_eval_samples", "seed"},
@@ -118,6 +126,20 @@ def check_config(cfg: DictConfig) -> DictConfig:
         _check_group(group, typed[group])
     _check_values(typed, plain)
     return typed
+
+
+def check_dense_overrides(cfg: DictConfig, overrides: list[str]) -> None:
+    """``ConfigError`` for the first of a single dense run's command-line ``overrides`` that only
+    pruning reads. Not for a sweep's jobs: ``-m do_prune=true,false pattern=...`` gives its dense
+    jobs the pattern axis too, and the report counts each dense run once (docs/sweeps.md)."""
+    if cfg.do_prune:
+        return
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.key_or_group in PRUNING_ONLY_KEYS:
+            typed = override.input_line.replace("\\:", ":")  # Hydra escapes 2:4 as 2\:4
+            raise ConfigError(
+                f"{typed}: has no effect with do_prune=false (a dense run); drop it, or set do_prune=true"
+            )
 
 
 def checkpoint_every(value: str | None) -> str | int | None:

@@ -221,15 +221,7 @@ class CoupledGroup(PruningGroup):
         seen = [(p.grad, m) for p, m in self._pairs() if p.grad is not None]
         if self.masked and seen:
             torch._foreach_mul_([g for g, _ in seen], [m for _, m in seen])
-        if self.criterion is None or not self.criterion.needs_grad or not self.criterion.observes(step, self.schedule):
-            return
-        if not seen:
-            if self.ops:
-                raise RuntimeError(
-                    f"pruning group {self.index} ({self.config.pruning_type}) needs gradients at step {step}, but none "
-                    f"of its {len(self.ops)} {self.kind} structures has .grad: call on_before_optimizer_step() after "
-                    "loss.backward() and before optimizer.zero_grad()"
-                )
+        if not self._observes_gradients(step, bool(seen), f"{self.kind} structures"):
             return
         for op in self.ops:
             fresh = None

@@ -157,18 +157,22 @@ class PruningGroup:
         seen = [op for op in self.ops if op.weight.grad is not None]
         if self.masked and seen:
             torch._foreach_mul_([op.weight.grad for op in seen], [op.mask for op in seen])
-        if self.criterion is None or not self.criterion.needs_grad or not self.criterion.observes(step, self.schedule):
-            return
-        if not seen:
-            if self.ops:
-                raise RuntimeError(
-                    f"pruning group {self.index} ({self.config.pruning_type}) needs gradients at step {step}, but none "
-                    f"of its {len(self.ops)} ops has .grad: call on_before_optimizer_step() after loss.backward() and "
-                    "before optimizer.zero_grad()"
-                )
+        if not self._observes_gradients(step, bool(seen), "ops"):
             return
         for op in seen:
             op.state = self.criterion.observe(op.state, op.view.to_2d(op.weight), op.view.to_2d(op.weight.grad), self.pattern)
+
+    def _observes_gradients(self, step: int, any_grad: bool, units: str) -> bool:
+        """Whether the criterion takes gradients at ``step``; an error if it does and none exist."""
+        if self.criterion is None or not self.criterion.needs_grad or not self.criterion.observes(step, self.schedule):
+            return False
+        if not any_grad and self.ops:
+            raise RuntimeError(
+                f"pruning group {self.index} ({self.config.pruning_type}) needs gradients at step {step}, but none "
+                f"of its {len(self.ops)} {units} has .grad: call on_before_optimizer_step() after loss.backward() "
+                "and before optimizer.zero_grad()"
+            )
+        return any_grad
 
     @torch.no_grad()
     def finish(self) -> None:

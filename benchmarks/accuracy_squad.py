@@ -1,6 +1,6 @@
 """Accuracy benchmark on SQuAD v1.1: prunelab's engine vs INC 2.6's pruner, same loop, same recipe.
 
-The SQuAD side of accuracy_mrpc.py (whose loop, pruning config, backends and timing it shares):
+The SQuAD side of accuracy_mrpc.py (the loop, pruning config, backends and timing: accuracy_common.py):
 all-MiniLM-L6-v2 fine-tuned for extractive QA. Offline there is only SQuAD's dev file, so training
 uses its articles but 8 held out for evaluation (``split_dev_by_article``; the held-out articles
 are fixed, whatever the run's seed; 8,117 training questions make 8,296 windows). The recipe is
@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from accuracy_mrpc import REPO, SEED, Benchmark, parse_arguments, relative_drop, run_stage  # noqa: E402
+from accuracy_common import REPO, SEED, Benchmark, parse_arguments, relative_drop, run_stage  # noqa: E402
 from transformers import AutoModelForQuestionAnswering  # noqa: E402
 
 from prunelab.tasks.squad import SquadTask  # noqa: E402

@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import prunelab  # noqa: E402
-from benchmarks.accuracy_mrpc import EXCLUDED, inc_backend  # noqa: E402
+from benchmarks.accuracy_common import inc_backend  # noqa: E402
+from benchmarks.accuracy_mrpc import EXCLUDED  # noqa: E402
 
 CASES = [("4x1", 0.8, "snip_momentum"), ("2:4", 0.5, "snip_momentum"), ("1x1", 0.9, "magnitude"),
          ("1xchannel", 0.5, "snip_momentum")]

@@ -79,6 +79,13 @@ def test_non_positive_temperature_is_refused(make_config):
         KnowledgeDistiller(task, student, temperature=0)
 
 
+@pytest.mark.parametrize("make", [KnowledgeDistiller, HiddenStateKnowledgeDistiller, ReusedClassifierKnowledgeDistiller])
+def test_non_positive_loss_weight_is_refused(make_config, make):
+    task, _, student = _setup(make_config, "task=sst2")
+    with pytest.raises(ConfigError, match=r"^distill.loss_weight=-0.5: must be > 0"):
+        make(task, student, loss_weight=-0.5)
+
+
 # ---- replace_task_loss, hidden_mse, simkd, classifier without weight decay ---------------------
 
 def _ordered(data):

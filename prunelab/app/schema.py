@@ -248,6 +248,8 @@ def _check_values(cfg: DictConfig, given: dict) -> None:
     for key in ("sparsity_warm_epochs", "cooldown_epochs", "learning_rate", "weight_decay", "num_warmup_steps"):
         if cfg[key] < 0:
             raise ConfigError(f"{key}={given[key]}: must be >= 0")
+    if cfg.distill_loss_weight is not None and not cfg.distill_loss_weight > 0:
+        raise ConfigError(f"distill_loss_weight={given['distill_loss_weight']}: must be > 0 (for no distillation, use distill=none)")
     for key in ("max_train_samples", "max_eval_samples", "pruning_frequency"):
         if cfg[key] is not None and cfg[key] < 1:
             raise ConfigError(f"{key}={given[key]}: must be a positive integer or null")

@@ -50,6 +50,8 @@ class TeacherDistiller:
 
     def __init__(self, task: Task, student: torch.nn.Module, teacher: str | None, loss_weight: float | None,
                  precompute: bool, replace_task_loss: bool):
+        if loss_weight is not None and not loss_weight > 0:  # a negative weight would push the student away
+            raise ConfigError(f"distill.loss_weight={loss_weight}: must be > 0 (for no distillation, use distill=none)")
         self.task = task
         self.loss_weight = DEFAULT_LOSS_WEIGHT if loss_weight is None else loss_weight
         self.precompute = precompute

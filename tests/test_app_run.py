@@ -110,6 +110,21 @@ def test_failed_run_leaves_a_failed_summary_and_no_model(make_config, tmp_path):
     assert not (tmp_path / "model").exists()
 
 
+@pytest.mark.parametrize(("overrides", "start", "end"), [
+    # One optimizer step: the derived window is start=end=0, which a gradient criterion cannot score.
+    (["max_train_samples=8"], "pruning: pruning_type='snip_momentum' scores weights with gradients of earlier steps",
+     "(this run has 1 optimizer steps)"),
+    (["+pruning.start_step=1", "+pruning.end_step=8"], "pruning.end_step=8: past the last optimizer step of this run (7; 8 steps",
+     "so the target would never be reached"),
+])
+def test_a_pruning_window_this_run_cannot_hold_is_one_line(make_config, tmp_path, overrides, start, end):
+    with pytest.raises(ConfigError) as caught:
+        run(make_config(*overrides), tmp_path)
+    message = str(caught.value)
+    assert message.startswith(start) and message.endswith(end) and "\n" not in message
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
+
+
 def test_failed_verification_never_publishes_the_model(make_config, tmp_path, monkeypatch):
     monkeypatch.setattr(prunelab.app.stages, "VERIFY_ATOL", -1.0)  # no reload can match: verification fails
     with pytest.raises(RuntimeError, match="verify_loading"):

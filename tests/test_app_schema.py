@@ -26,6 +26,9 @@ from prunelab.errors import ConfigError
         (["model.hidden_size=wide"], "model.hidden_size='wide': must be an integer"),
         (["+task.max_length=12"], "task.max_length=12: no such key for this task option; allowed: name, text_fields, "
                                   "num_labels, metrics, main_metric, local, hub_config, hub_dataset, eval_split, label_names"),
+        (["seed=-1"], "seed=-1: must be in [0, 2**32 - 1] (numpy's seed range)"),
+        (["max_grad_norm=-1"], "max_grad_norm=-1: must be > 0 (null: no clipping)"),
+        (["max_grad_norm=0"], "max_grad_norm=0: must be > 0 (null: no clipping)"),
         (["distill=kd", "distill_loss_weight=-1"], "distill_loss_weight=-1: must be > 0 (for no distillation, use distill=none)"),
         (["distill=layerwise", "distill_loss_weight=0"], "distill_loss_weight=0: must be > 0 (for no distillation, use distill=none)"),
         (["distill_loss_weight=4.5"], "distill_loss_weight=4.5: has no effect without distillation; add distill=kd|hidden_mse|layerwise|simkd"),

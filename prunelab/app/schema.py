@@ -248,6 +248,10 @@ def _check_values(cfg: DictConfig, given: dict) -> None:
     for key in ("sparsity_warm_epochs", "cooldown_epochs", "learning_rate", "weight_decay", "num_warmup_steps"):
         if cfg[key] < 0:
             raise ConfigError(f"{key}={given[key]}: must be >= 0")
+    if not 0 <= cfg.seed < 2**32:
+        raise ConfigError(f"seed={given['seed']}: must be in [0, 2**32 - 1] (numpy's seed range)")
+    if cfg.max_grad_norm is not None and not cfg.max_grad_norm > 0:
+        raise ConfigError(f"max_grad_norm={given['max_grad_norm']}: must be > 0 (null: no clipping)")
     if cfg.distill_loss_weight is not None and not cfg.distill_loss_weight > 0:
         raise ConfigError(f"distill_loss_weight={given['distill_loss_weight']}: must be > 0 (for no distillation, use distill=none)")
     for key in ("max_train_samples", "max_eval_samples", "pruning_frequency"):

@@ -94,12 +94,19 @@ def engine_config(cfg: DictConfig, steps_per_epoch: int) -> dict:
 def check_pruning(cfg: DictConfig) -> None:
     """The engine's keys checked before any model or data loads (steps per epoch not yet known)."""
     if cfg.do_prune:
-        try:
-            prunelab.sparsity.parse_config(engine_config(cfg, PLACEHOLDER_STEPS_PER_EPOCH))
-        except ValueError as error:
-            if isinstance(error, ConfigError):
-                raise
-            raise ConfigError(f"pruning: {error}") from None
+        _parse_engine_config(engine_config(cfg, PLACEHOLDER_STEPS_PER_EPOCH))
+
+
+def _parse_engine_config(config: dict, total_steps: int | None = None):
+    """The engine's parsed config; its ``ValueError`` as one ``ConfigError`` line (with the run's
+    length when known: a window derived from too few steps names keys the user never set)."""
+    try:
+        return prunelab.sparsity.parse_config(config)
+    except ValueError as error:
+        if isinstance(error, ConfigError):
+            raise
+        length = f" (this run has {total_steps} optimizer steps)" if total_steps is not None else ""
+        raise ConfigError(f"pruning: {error}{length}") from None
 
 
 def setup_model(state: RunState) -> None:
@@ -245,7 +252,7 @@ def _evaluate(state: RunState, model) -> dict:
 def _check_steps_fit(config: dict, total_steps: int) -> None:
     """Step keys given by hand (or by a recipe file) must fall inside this run's training, else the
     target would silently never be reached."""
-    for index, group in enumerate(prunelab.sparsity.parse_config(config).groups):
+    for index, group in enumerate(_parse_engine_config(config, total_steps).groups):
         if group.end_step >= total_steps and group.target_sparsity > 0 and group.pruning_type != "pattern_lock":
             where = f"pruning_configs[{index}]." if len(config.get("pruning_configs") or []) > 1 else ""
             raise ConfigError(

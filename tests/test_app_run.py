@@ -125,6 +125,17 @@ def test_a_pruning_window_this_run_cannot_hold_is_one_line(make_config, tmp_path
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["max_length=600"], "max_length=600: longer than the model's 512 position embeddings; give at most 512"),
+    (["task=squad", "task.split_dev_by_article=2", "task.max_seq_length=513"], "task.max_seq_length=513: longer than the model's 512 position embeddings"),
+    (["task=squad", "task.split_dev_by_article=2", "task.max_seq_length=null", "max_length=700"], "max_length=700: longer than the model's 512"),
+])
+def test_inputs_longer_than_the_model_s_positions_are_one_line(make_config, tmp_path, overrides, message):
+    with pytest.raises(ConfigError) as caught:
+        run(make_config(*overrides), tmp_path)
+    assert str(caught.value).startswith(message)
+
+
 def test_failed_verification_never_publishes_the_model(make_config, tmp_path, monkeypatch):
     monkeypatch.setattr(prunelab.app.stages, "VERIFY_ATOL", -1.0)  # no reload can match: verification fails
     with pytest.raises(RuntimeError, match="verify_loading"):

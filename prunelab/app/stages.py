@@ -138,6 +138,7 @@ def setup_training(state: RunState) -> None:
     training loop, the pruning engine."""
     cfg, task = state.cfg, state.task
     state.model = state.source.load_model(task.auto_model_class(), **task.model_kwargs())
+    _check_input_fits(task, state.model)
     distiller = build(cfg.distill)(task=task, student=state.model)
     state.quantization = build(cfg.quant)
     state.quantization.prepare(state.model)
@@ -247,6 +248,14 @@ def _evaluate(state: RunState, model) -> dict:
     """``eval/<metric>`` of a model-like callable (torch or int8) on the run's eval set, on CPU."""
     logits, _ = predict(model, _eval_loader(state), state.task, device="cpu")
     return {f"eval/{k}": v for k, v in state.task.compute_metrics(logits, state.data).items()}
+
+
+def _check_input_fits(task, model) -> None:
+    """Inputs longer than the model's position table would fail deep inside its first forward."""
+    positions = getattr(model.config, "max_position_embeddings", None)
+    key, length = task.input_length()
+    if positions is not None and length > positions:
+        raise ConfigError(f"{key}={length}: longer than the model's {positions} position embeddings; give at most {positions}")
 
 
 def _check_steps_fit(config: dict, total_steps: int) -> None:

@@ -43,6 +43,10 @@ class Task(ABC):
     main_metric: str  # metric key without the "eval/" prefix, e.g. "accuracy" or "f1"
 
     @abstractmethod
+    def input_length(self) -> tuple[str, int]:
+        """The longest input in tokens, and the config key that sets it (``max_length``, ...)."""
+
+    @abstractmethod
     def auto_model_class(self) -> type:
         """The transformers Auto class for this task's head."""
 

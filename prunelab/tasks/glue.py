@@ -69,6 +69,9 @@ class GlueTask(Task):
         self.max_eval_samples = max_eval_samples
         self.seed = seed
 
+    def input_length(self) -> tuple[str, int]:
+        return "max_length", self.max_length
+
     def auto_model_class(self) -> type:
         return AutoModelForSequenceClassification
 

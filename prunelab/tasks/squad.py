@@ -53,6 +53,7 @@ class SquadTask(Task):
         self.name = VERSIONS[self.version]
         self.data_root = data_root
         self.max_seq_length = int(max_seq_length if max_seq_length is not None else max_length)
+        self.length_key = "task.max_seq_length" if max_seq_length is not None else "max_length"
         self.doc_stride = doc_stride
         self.n_best_size = n_best_size
         self.max_answer_length = max_answer_length
@@ -72,6 +73,9 @@ class SquadTask(Task):
     @property
     def with_null(self) -> bool:
         return self.version == "2.0"
+
+    def input_length(self) -> tuple[str, int]:
+        return self.length_key, self.max_seq_length
 
     def auto_model_class(self) -> type:
         return AutoModelForQuestionAnswering

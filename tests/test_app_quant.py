@@ -86,12 +86,23 @@ def test_the_float_model_is_saved_without_fake_quantization(quantized_run):
         (["quant=dynamic", "+quant.num_calibration_samples=8"],
          "quant.num_calibration_samples=8: has no effect with quant=dynamic (only static calibrates)"),
         (["quant=qat", "quant.approach=int4"], "quant.approach=int4: allowed none, dynamic, static, qat"),
+        (["quant=dynamic", "quant.num_threads=0"],
+         "quant.num_threads=0: must be a positive number of CPU threads (or null: OpenVINO's default)"),
     ],
 )
 def test_bad_quantization_settings_fail_before_anything_loads(make_config, tmp_path, overrides, message):
     with pytest.raises(ConfigError) as caught:
         run(make_config("model=bert-mini", "model.name_or_path=/nonexistent", *overrides), tmp_path)
     assert str(caught.value) == message  # refused before the (missing) model is looked for
+
+
+@pytest.mark.parametrize("approach", ["dynamic", "static"])
+def test_a_layer_choice_matching_nothing_fails_before_training(make_config, tmp_path, approach):
+    with pytest.raises(ConfigError) as caught:
+        run(make_config(f"quant={approach}", "quant.op_names=[attention.nomatch]"), tmp_path)
+    assert str(caught.value) == ("quant.op_names=['attention.nomatch'], quant.excluded_op_names=[]: no nn.Linear "
+                                 "of the model matches, nothing would be quantized")
+    assert not (tmp_path / "metrics.jsonl").exists()  # no epoch was trained
 
 
 def test_prune_once_for_all_stages_keep_the_sparse_models_zeros(make_config, tmp_path):

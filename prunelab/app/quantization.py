@@ -17,6 +17,8 @@ from torch.utils.data import DataLoader
 
 from prunelab import quant
 from prunelab.quant import backend
+from prunelab.quant.config import check_num_threads
+from prunelab.quant.qat import select_linears
 from prunelab.errors import ConfigError
 
 QUANTIZED_DIR = "quantized"
@@ -54,6 +56,10 @@ class Quantization:
                 f"quant.num_calibration_samples={self.num_calibration_samples}: has no effect with "
                 f"quant={self.approach} (only static calibrates)"
             )
+        try:
+            check_num_threads(self.num_threads)
+        except ConfigError as error:
+            raise ConfigError(f"quant.{error}") from None
         if self.approach == "none" and (self.op_names or self.excluded_op_names or self.num_threads):
             raise ConfigError("quant.op_names / excluded_op_names / num_threads: have no effect with quant=none")
         if self.enabled:
@@ -67,9 +73,15 @@ class Quantization:
         return self.approach != "none"
 
     def prepare(self, model: torch.nn.Module) -> None:
-        """Before the pruning engine and the optimizer: fake quantization for ``qat``."""
+        """Before the pruning engine and the optimizer: fake quantization for ``qat``; for dynamic
+        and static, the layer choice checked now, not after training."""
         if self.approach == "qat":
             quant.prepare_qat(model, op_names=self.op_names, excluded_op_names=self.excluded_op_names)
+        elif self.enabled and not select_linears(model, self.op_names, self.excluded_op_names):
+            raise ConfigError(
+                f"quant.op_names={list(self.op_names)}, quant.excluded_op_names={list(self.excluded_op_names)}: "
+                "no nn.Linear of the model matches, nothing would be quantized"
+            )
 
     def convert(self, model: torch.nn.Module, calibration: DataLoader) -> quant.QuantizedModel:
         """The int8 model; ``calibration`` yields training batches in a fixed order."""

@@ -6,7 +6,7 @@ import pytest
 
 import prunelab
 
-from prunelab.app.schema import check_config, check_dense_overrides
+from prunelab.app.schema import check_config, check_inert_overrides
 from prunelab.app.stages import check_pruning, engine_config
 from prunelab.errors import ConfigError
 
@@ -59,14 +59,25 @@ def test_bad_config_is_one_line_naming_the_key(make_config, overrides, message):
 def test_a_dense_run_refuses_pruning_overrides(make_config, override, message):
     dense = check_config(make_config("do_prune=false"))
     with pytest.raises(ConfigError) as caught:
-        check_dense_overrides(dense, ["seed=3", override])
+        check_inert_overrides(dense, ["seed=3", override])
     assert str(caught.value).startswith(message)
-    check_dense_overrides(check_config(make_config()), ["seed=3", override])  # a pruning run reads it
+    check_inert_overrides(check_config(make_config()), ["seed=3", override])  # a pruning run reads it
+
+
+@pytest.mark.parametrize("override", ["target_sparsity=0.5", "pattern=2\\:4", "progressive=true", "pruning_frequency=10",
+                                      "cooldown_epochs=1", "scheduler=oneshot"])
+def test_a_pattern_lock_run_refuses_what_it_ignores(make_config, override):
+    locked = check_config(make_config("pruner=pattern_lock"))
+    with pytest.raises(ConfigError) as caught:
+        check_inert_overrides(locked, ["pruner=pattern_lock", override])
+    assert str(caught.value) == (f"{override.replace(chr(92), '')}: has no effect with pruner=pattern_lock "
+                                 "(it keeps the zeros the model has); drop it")
+    check_inert_overrides(locked, ["pruner=pattern_lock", "learning_rate=1e-4", "pruning.excluded_op_names=[classifier]"])
 
 
 def test_a_dense_run_keeps_the_keys_that_choose_the_measured_ops(make_config):
     dense = check_config(make_config("do_prune=false"))
-    check_dense_overrides(dense, ["pruning.excluded_op_names=[classifier]", "pruning.pruning_op_types=[Linear]",
+    check_inert_overrides(dense, ["pruning.excluded_op_names=[classifier]", "pruning.pruning_op_types=[Linear]",
                                   "seed=3", "learning_rate=1e-4"])
 
 

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from prunelab.app.cluster import join_submitit_tasks
 from prunelab.app.config import build, register_resolvers
 from prunelab.app.run_dir import check_resumable, clear_outputs, find_checkpoint, previous_outputs, truncate_metrics
-from prunelab.app.schema import check_config, check_dense_overrides
+from prunelab.app.schema import check_config, check_inert_overrides
 from prunelab.app.stages import STAGES, RunState, check_pruning
 from prunelab.errors import ConfigError, RunInterrupted
 from prunelab.outputs import CONFIG, RunSummary, write_text_atomic
@@ -88,7 +88,7 @@ def _claim(cfg: DictConfig, out: Path) -> tuple[DictConfig, Path | None]:
     a directory holding another run is refused unless resuming or overwriting."""
     typed = check_config(cfg)
     if HydraConfig.initialized() and HydraConfig.get().mode != RunMode.MULTIRUN:
-        check_dense_overrides(typed, list(HydraConfig.get().overrides.task))
+        check_inert_overrides(typed, list(HydraConfig.get().overrides.task))
     check_pruning(typed)
     build(typed.quant)  # its own checks (calibration, what the backend can do) before anything loads
     build(typed.export)

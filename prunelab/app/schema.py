@@ -7,7 +7,7 @@
 - ranges and combinations: settings that would have no effect are errors, not silently ignored.
 The pruning engine's own keys (``pruning.*``) are checked by ``prunelab.sparsity.parse_config``
 in ``prunelab.app.stages``. Every error is one ``ConfigError`` line naming the key.
-``check_dense_overrides`` refuses pruning settings given on the command line of a dense run.
+``check_inert_overrides`` refuses command-line settings the run would ignore (dense, pattern_lock).
 Defaults and one-line comments live in ``conf/config.yaml``; this file holds the types.
 """
 from __future__ import annotations
@@ -104,6 +104,8 @@ _GROUPS = ("model", "task", "scheduler", "distill", "quant", "export")
 PRUNING_ONLY_KEYS = ("pattern", "pruner", "scheduler", "target_sparsity", "sparsity_warm_epochs", "cooldown_epochs",
                      "pruning_frequency", "progressive", "pruning.target_sparsity",
                      "pruning.pruning_scope", "pruning.min_sparsity_ratio_per_op", "pruning.max_sparsity_ratio_per_op")
+# What pruner=pattern_lock ignores: it keeps the zeros the model has, from the first step to the last.
+LOCK_IGNORED_KEYS = tuple(key for key in PRUNING_ONLY_KEYS if key != "pruner")
 
 # Keys the run passes to a group's target itself (so a config file must not set them).
 _RUNTIME_KEYS = {
@@ -128,18 +130,21 @@ def check_config(cfg: DictConfig) -> DictConfig:
     return typed
 
 
-def check_dense_overrides(cfg: DictConfig, overrides: list[str]) -> None:
-    """``ConfigError`` for the first of a single dense run's command-line ``overrides`` that only
-    pruning reads. Not for a sweep's jobs: ``-m do_prune=true,false pattern=...`` gives its dense
-    jobs the pattern axis too, and the report counts each dense run once (docs/sweeps.md)."""
-    if cfg.do_prune:
+def check_inert_overrides(cfg: DictConfig, overrides: list[str]) -> None:
+    """``ConfigError`` for the first of a single run's command-line ``overrides`` that the run
+    would ignore: pruning keys of a dense run (do_prune=false), schedule and target keys of
+    pruner=pattern_lock. Not for a sweep's jobs: ``-m do_prune=true,false pattern=...`` gives its
+    dense jobs the pattern axis too, and the report counts each dense run once (docs/sweeps.md)."""
+    if not cfg.do_prune:
+        ignored, why, fix = PRUNING_ONLY_KEYS, "do_prune=false (a dense run)", "drop it, or set do_prune=true"
+    elif cfg.pruning.get("pruning_type") == "pattern_lock":
+        ignored, why, fix = LOCK_IGNORED_KEYS, "pruner=pattern_lock (it keeps the zeros the model has)", "drop it"
+    else:
         return
     for override in OverridesParser.create().parse_overrides(overrides):
-        if override.key_or_group in PRUNING_ONLY_KEYS:
+        if override.key_or_group in ignored:
             typed = override.input_line.replace("\\:", ":")  # Hydra escapes 2:4 as 2\:4
-            raise ConfigError(
-                f"{typed}: has no effect with do_prune=false (a dense run); drop it, or set do_prune=true"
-            )
+            raise ConfigError(f"{typed}: has no effect with {why}; {fix}")
 
 
 def checkpoint_every(value: str | None) -> str | int | None:

@@ -230,9 +230,9 @@ def test_cli_writes_files_and_prints_paths(sweep: Path, capsys):
 def test_cli_rejects_dirs_without_jobs(tmp_path: Path, capsys):
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty")]) == 2
-    assert "no jobs found under" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith(f"python -m prunelab.report: error: no jobs found under {tmp_path / 'empty'}")
     assert main([str(tmp_path / "nope")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert capsys.readouterr().err == f"python -m prunelab.report: error: sweep dir '{tmp_path / 'nope'}' does not exist or is not a directory\n"
 
 
 def test_int8_metrics_sit_beside_the_float_ones(tmp_path: Path):

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = build_report(args.sweep_dirs, args.out, plots=not args.no_plots)
     except ReportInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)  # argparse's own form for its errors
         return 2
     counts = Counter(job.status for job in report.jobs)
     print(f"{len(report.jobs)} jobs: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))

@@ -81,6 +81,14 @@ def test_an_option_missing_from_a_preset_names_the_preset(tmp_path):
     assert message.startswith("pattern=3x3 (chosen in a config file): no such option in group 'pattern'; available: ")
 
 
+def test_cli_help_says_what_prunelab_is_and_lists_the_groups():
+    result = _cli("--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("prunelab: prune a transformer while it is fine-tuned")
+    assert "\npattern: 1:4, 1x1, " in result.stdout and "\ndistill: hidden_mse, kd, layerwise, none, simkd\n" in result.stdout
+    assert result.stdout.rstrip().endswith("docs/ the details (sweeps, quantization, compaction).")
+
+
 def test_cli_unknown_key_is_one_line(tmp_path):
     line = _one_line(_cli("model=tiny", "foo=1", f"hydra.run.dir={tmp_path / 'run'}"))
     assert line == "prunelab: error: foo=1: no such key in the config (see conf/config.yaml, or prunelab --cfg job)"

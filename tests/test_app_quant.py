@@ -96,7 +96,7 @@ def test_bad_quantization_settings_fail_before_anything_loads(make_config, tmp_p
     assert str(caught.value) == message  # refused before the (missing) model is looked for
 
 
-@pytest.mark.parametrize("approach", ["dynamic", "static"])
+@pytest.mark.parametrize("approach", ["dynamic", "static", "qat"])
 def test_a_layer_choice_matching_nothing_fails_before_training(make_config, tmp_path, approach):
     with pytest.raises(ConfigError) as caught:
         run(make_config(f"quant={approach}", "quant.op_names=[attention.nomatch]"), tmp_path)

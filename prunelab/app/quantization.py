@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from prunelab import quant
 from prunelab.quant import backend
 from prunelab.quant.config import check_num_threads
-from prunelab.quant.qat import select_linears
+from prunelab.quant.qat import require_linears
 from prunelab.errors import ConfigError
 
 QUANTIZED_DIR = "quantized"
@@ -73,15 +73,13 @@ class Quantization:
         return self.approach != "none"
 
     def prepare(self, model: torch.nn.Module) -> None:
-        """Before the pruning engine and the optimizer: fake quantization for ``qat``; for dynamic
-        and static, the layer choice checked now, not after training."""
+        """Before the pruning engine and the optimizer: the layer choice checked now, not after
+        training; fake quantization for ``qat``."""
+        if not self.enabled:
+            return
+        require_linears(model, self.op_names, self.excluded_op_names, key_prefix="quant.")
         if self.approach == "qat":
             quant.prepare_qat(model, op_names=self.op_names, excluded_op_names=self.excluded_op_names)
-        elif self.enabled and not select_linears(model, self.op_names, self.excluded_op_names):
-            raise ConfigError(
-                f"quant.op_names={list(self.op_names)}, quant.excluded_op_names={list(self.excluded_op_names)}: "
-                "no nn.Linear of the model matches, nothing would be quantized"
-            )
 
     def convert(self, model: torch.nn.Module, calibration: DataLoader) -> quant.QuantizedModel:
         """The int8 model; ``calibration`` yields training batches in a fixed order."""

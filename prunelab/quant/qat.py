@@ -44,6 +44,20 @@ def select_linears(
     ]
 
 
+def require_linears(
+    model: nn.Module, op_names: Sequence[str] = (), excluded_op_names: Sequence[str] = (), key_prefix: str = ""
+) -> list[tuple[str, nn.Linear]]:
+    """``select_linears``, or ``ConfigError`` when it selects nothing (its keys named with
+    ``key_prefix``, e.g. "quant." for the app's config group)."""
+    chosen = select_linears(model, op_names, excluded_op_names)
+    if not chosen:
+        raise ConfigError(
+            f"{key_prefix}op_names={list(op_names)}, {key_prefix}excluded_op_names={list(excluded_op_names)}: "
+            "no nn.Linear of the model matches, nothing would be quantized"
+        )
+    return chosen
+
+
 def fake_quant_modules(model: nn.Module) -> list[tuple[str, FakeQuantLinear]]:
     return [(name, module) for name, module in model.named_modules() if isinstance(module, FakeQuantLinear)]
 
@@ -77,12 +91,7 @@ def attach_fake_quant(
             "model: it already carries FakeQuantLinear modules (prepare_qat was called); "
             "call strip_qat(model) first or use approach='qat'"
         )
-    chosen = select_linears(model, op_names, excluded_op_names)
-    if not chosen:
-        raise ConfigError(
-            f"op_names={list(op_names)}, excluded_op_names={list(excluded_op_names)}: no nn.Linear of the model "
-            "matches, nothing would be quantized"
-        )
+    chosen = require_linears(model, op_names, excluded_op_names)
     for _, module in chosen:
         to_fake_quant(module, quantize_inputs=quantize_inputs, observer=observer, ema_momentum=ema_momentum)
     return [name for name, _ in chosen]

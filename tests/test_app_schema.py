@@ -81,6 +81,17 @@ def test_a_dense_run_keeps_the_keys_that_choose_the_measured_ops(make_config):
                                   "seed=3", "learning_rate=1e-4"])
 
 
+@pytest.mark.parametrize("override", ["export.threads=4", "export.sequence=384", "export.batch_sizes=[1]"])
+def test_an_export_without_latency_runs_refuses_latency_inputs(make_config, override):
+    untimed = check_config(make_config("export=compact", "export.latency_runs=0"))
+    with pytest.raises(ConfigError) as caught:
+        check_inert_overrides(untimed, ["export=compact", "export.latency_runs=0", override])
+    assert str(caught.value) == (f"{override}: has no effect with export.latency_runs=0 (no latency measurement); "
+                                 "drop it, or set export.latency_runs > 0")
+    timed = check_config(make_config("export=compact"))
+    check_inert_overrides(timed, ["export=compact", override])  # a timed export reads it
+
+
 def test_types_are_converted_and_kept(make_config):
     cfg = check_config(make_config("learning_rate=1", "sparsity_warm_epochs=1", "checkpointing_steps=25"))
     assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float)

@@ -7,7 +7,8 @@
 - ranges and combinations: settings that would have no effect are errors, not silently ignored.
 The pruning engine's own keys (``pruning.*``) are checked by ``prunelab.sparsity.parse_config``
 in ``prunelab.app.stages``. Every error is one ``ConfigError`` line naming the key.
-``check_inert_overrides`` refuses command-line settings the run would ignore (dense, pattern_lock).
+``check_inert_overrides`` refuses command-line settings the run would ignore (dense, pattern_lock,
+no latency runs).
 Defaults and one-line comments live in ``conf/config.yaml``; this file holds the types.
 """
 from __future__ import annotations
@@ -106,6 +107,8 @@ PRUNING_ONLY_KEYS = ("pattern", "pruner", "scheduler", "target_sparsity", "spars
                      "pruning.pruning_scope", "pruning.min_sparsity_ratio_per_op", "pruning.max_sparsity_ratio_per_op")
 # What pruner=pattern_lock ignores: it keeps the zeros the model has, from the first step to the last.
 LOCK_IGNORED_KEYS = tuple(key for key in PRUNING_ONLY_KEYS if key != "pruner")
+# What only sets up the export's latency measurement.
+EXPORT_LATENCY_KEYS = ("export.batch_sizes", "export.sequence", "export.threads")
 
 # Keys the run passes to a group's target itself (so a config file must not set them).
 _RUNTIME_KEYS = {
@@ -133,18 +136,28 @@ def check_config(cfg: DictConfig) -> DictConfig:
 def check_inert_overrides(cfg: DictConfig, overrides: list[str]) -> None:
     """``ConfigError`` for the first of a single run's command-line ``overrides`` that the run
     would ignore: pruning keys of a dense run (do_prune=false), schedule and target keys of
-    pruner=pattern_lock. Not for a sweep's jobs: ``-m do_prune=true,false pattern=...`` gives its
-    dense jobs the pattern axis too, and the report counts each dense run once (docs/sweeps.md)."""
-    if not cfg.do_prune:
-        ignored, why, fix = PRUNING_ONLY_KEYS, "do_prune=false (a dense run)", "drop it, or set do_prune=true"
-    elif cfg.pruning.get("pruning_type") == "pattern_lock":
-        ignored, why, fix = LOCK_IGNORED_KEYS, "pruner=pattern_lock (it keeps the zeros the model has)", "drop it"
-    else:
-        return
+    pruner=pattern_lock, latency inputs of an export that measures no latency. Not for a sweep's
+    jobs: ``-m do_prune=true,false pattern=...`` gives its dense jobs the pattern axis too, and the
+    report counts each dense run once (docs/sweeps.md)."""
+    ignored: dict[str, tuple[str, str]] = {}  # key -> (why it has no effect, what to do)
+    for applies, keys, why, fix in _INERT_RULES:
+        if applies(cfg):
+            ignored.update((key, (why, fix)) for key in keys if key not in ignored)
     for override in OverridesParser.create().parse_overrides(overrides):
         if override.key_or_group in ignored:
+            why, fix = ignored[override.key_or_group]
             typed = override.input_line.replace("\\:", ":")  # Hydra escapes 2:4 as 2\:4
             raise ConfigError(f"{typed}: has no effect with {why}; {fix}")
+
+
+# (when, keys it makes inert, why, what to do): the command-line keys check_inert_overrides refuses.
+_INERT_RULES = (
+    (lambda cfg: not cfg.do_prune, PRUNING_ONLY_KEYS, "do_prune=false (a dense run)", "drop it, or set do_prune=true"),
+    (lambda cfg: cfg.do_prune and cfg.pruning.get("pruning_type") == "pattern_lock", LOCK_IGNORED_KEYS,
+     "pruner=pattern_lock (it keeps the zeros the model has)", "drop it"),
+    (lambda cfg: cfg.export.kind != "none" and cfg.export.latency_runs == 0, EXPORT_LATENCY_KEYS,
+     "export.latency_runs=0 (no latency measurement)", "drop it, or set export.latency_runs > 0"),
+)
 
 
 def checkpoint_every(value: str | None) -> str | int | None:

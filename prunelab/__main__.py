@@ -8,6 +8,8 @@ What the user can fix ends the command with one line on stderr and no traceback:
 
 - a bad override, an unknown key or group option, a bad config value:
   ``prunelab: error: <what>: <why>``, exit code 2;
+- a sweep whose override every job would ignore (``-m do_prune=false pattern=4x1,2:4``): the same
+  line before any job starts, exit code 2;
 - SIGTERM / SIGINT: ``prunelab: <message>``, exit code 128 + signal number;
 - a sweep: each failing job prints ``prunelab: error: job N (<its overrides>): ...`` and the sweep
   goes on; at the end ``prunelab: K of M jobs failed ...``, exit code 2.
@@ -39,7 +41,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from prunelab.app import sweep_failures
 from prunelab.app.config import register_resolvers
-from prunelab.errors import ConfigError, RunInterrupted
+from prunelab.errors import ConfigError, RunInterrupted, SweepRefused
 
 register_resolvers()  # conf/config.yaml's hydra.run.dir uses one, and Hydra resolves it before any job
 
@@ -93,6 +95,8 @@ def main() -> None:
         _fail(f"prunelab: {stop}", 128 + stop.signum)
     except KeyboardInterrupt:
         _fail("prunelab: interrupted", 130)
+    except SweepRefused as error:
+        _fail(f"prunelab: error: {error}", EXIT_CONFIG)
     except COMPOSITION_ERRORS as error:
         if full_error:
             raise

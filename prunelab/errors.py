@@ -20,3 +20,11 @@ class RunInterrupted(BaseException):
     def __init__(self, signum: int, message: str):
         super().__init__(message)
         self.signum = signum
+
+
+class SweepRefused(BaseException):
+    """A ``ConfigError`` found by a Hydra callback before a sweep's first job (one line, exit code 2).
+
+    A ``BaseException``: Hydra turns an ``Exception`` raised in a callback into a warning and
+    launches the jobs anyway.
+    """

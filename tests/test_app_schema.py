@@ -75,6 +75,19 @@ def test_a_pattern_lock_run_refuses_what_it_ignores(make_config, override):
     check_inert_overrides(locked, ["pruner=pattern_lock", "learning_rate=1e-4", "pruning.excluded_op_names=[classifier]"])
 
 
+def test_a_sweep_is_refused_only_when_every_job_ignores_the_override(make_config):
+    """A sweep's config is composed from its fixed overrides; a rule reading a swept key is off."""
+    dense = check_config(make_config("do_prune=false"))
+    with pytest.raises(ConfigError, match=r"^pattern=4x1,2:4: has no effect with do_prune=false"):
+        check_inert_overrides(dense, ["do_prune=false", "pattern=4x1,2\\:4"])
+    check_inert_overrides(dense, ["do_prune=false,true", "pattern=4x1,2\\:4"])
+    check_inert_overrides(dense, ["experiment=bert-mini-mrpc-dense,bert-mini-mrpc-4x1", "pattern=4x1,2\\:4"])
+    locked = check_config(make_config("pruner=pattern_lock"))
+    with pytest.raises(ConfigError, match=r"^target_sparsity=0.5,0.8: has no effect with pruner=pattern_lock"):
+        check_inert_overrides(locked, ["pruner=pattern_lock", "target_sparsity=0.5,0.8"])
+    check_inert_overrides(locked, ["pruner=pattern_lock,snip_momentum", "target_sparsity=0.5,0.8"])
+
+
 def test_a_dense_run_keeps_the_keys_that_choose_the_measured_ops(make_config):
     dense = check_config(make_config("do_prune=false"))
     check_inert_overrides(dense, ["pruning.excluded_op_names=[classifier]", "pruning.pruning_op_types=[Linear]",

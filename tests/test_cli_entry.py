@@ -101,17 +101,21 @@ def test_cli_unknown_group_option_is_one_line_with_the_options(tmp_path):
     assert "demo" in line.split("available: ")[1].split(", ")
 
 
-def test_cli_dense_run_refuses_a_pattern_but_a_sweeps_dense_job_takes_it(tiny_data_root, tmp_path):
-    line = _one_line(_cli("model=tiny", "do_prune=false", "pattern=2:4", f"hydra.run.dir={tmp_path / 'run'}"))
-    assert line == ("prunelab: error: pattern=2:4: has no effect with do_prune=false (a dense run); "
-                    "drop it, or set do_prune=true")
-    # In a sweep the pattern axis reaches dense jobs too (do_prune=true,false); docs/sweeps.md.
+def test_cli_a_pattern_for_dense_runs_only_is_refused_but_a_sweeps_dense_job_takes_it(tiny_data_root, tmp_path):
+    refusal = ("prunelab: error: pattern=2:4: has no effect with do_prune=false (a dense run); "
+               "drop it, or set do_prune=true")
+    assert _one_line(_cli("model=tiny", "do_prune=false", "pattern=2:4", f"hydra.run.dir={tmp_path / 'run'}")) == refusal
     sweep = tmp_path / "sweep"
-    result = _cli("-m", *TINY, f"data_root={tiny_data_root}", "do_prune=false", "pattern=2:4",
+    every_job_dense = _cli("-m", *TINY, f"data_root={tiny_data_root}", "do_prune=false", "pattern=2:4",
+                           f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert _one_line(every_job_dense) == refusal and not sweep.exists()  # refused before any job
+    # With do_prune swept, the pattern axis reaches the dense jobs too; docs/sweeps.md.
+    result = _cli("-m", *TINY, f"data_root={tiny_data_root}", "do_prune=false,true", "pattern=2:4",
                   f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    summary = json.loads((sweep / "0" / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["do_prune"] is False and summary["pattern"] is None
+    dense, pruned = (json.loads((sweep / str(num) / "summary.json").read_text()) for num in (0, 1))
+    assert dense["status"] == "completed" and dense["do_prune"] is False and dense["pattern"] is None
+    assert pruned["status"] == "completed" and pruned["pattern"] == "2:4"
 
 
 def test_cli_finds_a_recipe_in_a_user_config_folder(user_conf, tmp_path):

@@ -134,28 +134,36 @@ def check_config(cfg: DictConfig) -> DictConfig:
 
 
 def check_inert_overrides(cfg: DictConfig, overrides: list[str]) -> None:
-    """``ConfigError`` for the first of a single run's command-line ``overrides`` that the run
-    would ignore: pruning keys of a dense run (do_prune=false), schedule and target keys of
-    pruner=pattern_lock, latency inputs of an export that measures no latency. Not for a sweep's
-    jobs: ``-m do_prune=true,false pattern=...`` gives its dense jobs the pattern axis too, and the
-    report counts each dense run once (docs/sweeps.md)."""
+    """``ConfigError`` for the first command-line override that every run of the command would
+    ignore: pruning keys of a dense run (do_prune=false), schedule and target keys of
+    pruner=pattern_lock, latency inputs of an export that measures no latency.
+
+    ``overrides``: a single run's, or a sweep's as typed (``cfg`` then composed from its fixed
+    ones: Hydra leaves the swept ones to the sweeper). A rule whose condition reads a swept key is
+    skipped: ``-m do_prune=true,false pattern=...`` gives its dense jobs the pattern axis too, and
+    the report counts each dense run once (docs/sweeps.md)."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    swept = {override.key_or_group for override in parsed if override.is_sweep_override()}
     ignored: dict[str, tuple[str, str]] = {}  # key -> (why it has no effect, what to do)
-    for applies, keys, why, fix in _INERT_RULES:
-        if applies(cfg):
+    for reads, applies, keys, why, fix in _INERT_RULES:
+        if not swept & {"experiment", *reads} and applies(cfg):  # a preset may set any key
             ignored.update((key, (why, fix)) for key in keys if key not in ignored)
-    for override in OverridesParser.create().parse_overrides(overrides):
+    for override in parsed:
         if override.key_or_group in ignored:
             why, fix = ignored[override.key_or_group]
             typed = override.input_line.replace("\\:", ":")  # Hydra escapes 2:4 as 2\:4
             raise ConfigError(f"{typed}: has no effect with {why}; {fix}")
 
 
-# (when, keys it makes inert, why, what to do): the command-line keys check_inert_overrides refuses.
+# (keys the condition reads, the condition, keys it makes inert, why, what to do): the
+# command-line keys check_inert_overrides refuses.
 _INERT_RULES = (
-    (lambda cfg: not cfg.do_prune, PRUNING_ONLY_KEYS, "do_prune=false (a dense run)", "drop it, or set do_prune=true"),
-    (lambda cfg: cfg.do_prune and cfg.pruning.get("pruning_type") == "pattern_lock", LOCK_IGNORED_KEYS,
-     "pruner=pattern_lock (it keeps the zeros the model has)", "drop it"),
-    (lambda cfg: cfg.export.kind != "none" and cfg.export.latency_runs == 0, EXPORT_LATENCY_KEYS,
+    (("do_prune",), lambda cfg: not cfg.do_prune, PRUNING_ONLY_KEYS,
+     "do_prune=false (a dense run)", "drop it, or set do_prune=true"),
+    (("do_prune", "pruner", "pruning.pruning_type", "pruning_config"), lambda cfg: cfg.do_prune and cfg.pruning.get("pruning_type") == "pattern_lock",
+     LOCK_IGNORED_KEYS, "pruner=pattern_lock (it keeps the zeros the model has)", "drop it"),
+    (("export", "export.kind", "export.latency_runs"),
+     lambda cfg: cfg.export.kind != "none" and cfg.export.latency_runs == 0, EXPORT_LATENCY_KEYS,
      "export.latency_runs=0 (no latency measurement)", "drop it, or set export.latency_runs > 0"),
 )
 

@@ -269,13 +269,16 @@ def load_results(path: Path) -> dict:
 def write_results(path: Path, name: str, row: dict, revision: str, table: Callable[[dict], str]) -> None:
     """Replace this run's row (written after every epoch, so a crash keeps the curve so far). A
     new dense run keeps the finished one it replaces as a row named after its start point, which
-    the runs started from it name. table: results -> the markdown written beside."""
+    the runs started from it name, unless it reproduces that start point (the same weights: one
+    row). table: results -> the markdown written beside."""
     results = load_results(path)
     previous = results.get(name, {})
     if name == "dense" and previous.get("start_point") and previous.get("status", "done") == "done":
         results[previous["start_point"]] = results.pop(name)
     row.update(date=datetime.date.today().isoformat(), commit=revision, torch=torch.__version__, threads=torch.get_num_threads())
     results[name] = row
+    if name == "dense":
+        results.pop(row.get("start_point"), None)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=1))
     tmp.replace(path)

@@ -87,6 +87,7 @@ def markdown_table(results: dict) -> str:
         lines.append(f"| {name} | {row['dev_acc']:.4f} | {row['dev_f1']:.4f} | {drop} | {row['measured_sparsity_pruned_ops']:.4f} "
                      f"| {row['seconds_per_epoch']} | {row.get('pruner_seconds_per_epoch', '-')} | {row['peak_rss_mb']} | {row.get('status', 'done')} | {row['date']} | {row['commit']} |")
     lines += seed_summary(results)
+    lines += per_seed_table(results)
     lines += paired_summary(results)
     if reference:
         lines += ["", "Reference INC 2.6 figures measured on this machine kind (shared/bench/inc-2.6-mrpc-minilm.json):", ""]
@@ -146,6 +147,24 @@ def seed_summary(results: dict) -> list[str]:
         seeds = ",".join(str(seed) for seed in by_seed)
         lines.append(f"| {group} | {start} ({dense if dense is not None else '-'}) | {seeds} | {mean:.4f} ({min(final):.4f}-{max(final):.4f}) | {drop} | {settled:.4f} "
                      f"| {statistics.mean(row['seconds_per_epoch'] for row in rows):.1f} | {hooks} |")
+    return lines
+
+
+def per_seed_table(results: dict) -> list[str]:
+    """Per start point, each group's final dev accuracy seed by seed, with the accuracy of every
+    evaluation at final sparsity in brackets: how much one run moves from epoch to epoch."""
+    by_start: dict[str, list] = {}
+    for (group, start), by_seed in sorted(seed_groups(results).items(), key=group_order):
+        by_start.setdefault(start, []).append((group, by_seed))
+    lines = []
+    for start, groups in by_start.items():
+        seeds = sorted({seed for _, by_seed in groups for seed in by_seed})
+        lines += ["", f"Per seed from {start}: final dev acc [each evaluation at final sparsity]:", "",
+                  f"| group | {' | '.join(f'seed {seed}' for seed in seeds)} |", "|---|" + "---|" * len(seeds)]
+        for group, by_seed in groups:
+            cells = [f"{by_seed[seed]['dev_acc']:.4f} [{', '.join(f'{a:.4f}' for a in final_sparsity_accuracies(by_seed[seed]))}]"
+                     if seed in by_seed else "-" for seed in seeds]
+            lines.append(f"| {group} | {' | '.join(cells)} |")
     return lines
 
 

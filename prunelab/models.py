@@ -1,8 +1,8 @@
 """Where models and tokenizers come from: a pretrained checkpoint (hub id or local directory) or
 ``tiny``, a small random BERT built from a config with nothing to download.
 
-Both kinds are built by Hydra from ``conf/model/<name>.yaml`` and offer the same two calls, so the
-run never asks which kind it holds.
+Both kinds are built by Hydra from ``conf/model/<name>.yaml`` and offer the same three calls, so
+the run never asks which kind it holds.
 """
 from __future__ import annotations
 
@@ -16,11 +16,15 @@ from tokenizers.models import WordPiece
 from tokenizers.normalizers import BertNormalizer
 from tokenizers.pre_tokenizers import BertPreTokenizer
 from tokenizers.processors import TemplateProcessing
-from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoTokenizer, BertConfig, PreTrainedTokenizerFast
 
 from prunelab.errors import ConfigError
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+# Models whose position ids start after the padding index (transformers'
+# create_position_ids_from_input_ids): pad_token_id + 1 rows of the position table hold no input.
+_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "data2vec-text", "ibert",
+                     "roberta-prelayernorm", "xmod", "lilt"}
 
 
 @dataclass
@@ -50,6 +54,19 @@ class PretrainedModel:
             return auto_class.from_pretrained(source, **model_kwargs)
         except (OSError, ValueError) as error:
             raise ConfigError(f"model.name_or_path={source}: cannot load a model ({_first_line(error)}){_HINT}") from error
+
+    def max_input_tokens(self) -> int | None:
+        """The longest input the model's position table holds (None: the model has no such limit),
+        read from its config alone, before any weights load."""
+        source = _local_or_hub(self.name_or_path)
+        try:
+            config = AutoConfig.from_pretrained(source)
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"model.name_or_path={source}: cannot load a model config ({_first_line(error)}){_HINT}") from error
+        positions = getattr(config, "max_position_embeddings", None)
+        if positions is not None and config.model_type in _OFFSET_POSITIONS:
+            positions -= (config.pad_token_id or 0) + 1
+        return positions
 
     @property
     def source(self) -> str:
@@ -89,6 +106,9 @@ class TinyBert:
             **model_kwargs,
         )
         return auto_class.from_config(config)
+
+    def max_input_tokens(self) -> int:
+        return self.max_position_embeddings
 
     @property
     def source(self) -> str:

@@ -6,11 +6,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, BertConfig, RobertaConfig
 
 import prunelab.app.stages
 from prunelab.errors import ConfigError
 from prunelab.app.run import run
+from prunelab.models import PretrainedModel
+from prunelab.tasks.glue import GlueTask
+from prunelab.tasks.squad import SquadTask
 
 SUMMARY_KEYS = {
     "status", "error", "task", "task_family", "model", "model_name_or_path", "do_prune", "pattern",
@@ -126,14 +129,28 @@ def test_a_pruning_window_this_run_cannot_hold_is_one_line(make_config, tmp_path
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    (["max_length=600"], "max_length=600: longer than the model's 512 position embeddings; give at most 512"),
-    (["task=squad", "task.split_dev_by_article=2", "task.max_seq_length=513"], "task.max_seq_length=513: longer than the model's 512 position embeddings"),
-    (["task=squad", "task.split_dev_by_article=2", "task.max_seq_length=null", "max_length=700"], "max_length=700: longer than the model's 512"),
+    (["max_length=600"], "max_length=600: longer than the 512 tokens the model's position embeddings hold; give at most 512"),
+    (["task=squad", "task.split_dev_by_article=2", "task.max_seq_length=513"],
+     "task.max_seq_length=513: longer than the 512 tokens the model's position embeddings hold"),
+    (["task=squad", "task.split_dev_by_article=2", "task.max_seq_length=null", "max_length=700"], "max_length=700: longer than the 512"),
 ])
-def test_inputs_longer_than_the_model_s_positions_are_one_line(make_config, tmp_path, overrides, message):
+def test_inputs_longer_than_the_model_s_positions_are_one_line(make_config, tmp_path, overrides, message, monkeypatch):
+    def tokenize(*_):
+        raise AssertionError("the inputs were tokenized before their length was checked")
+
+    monkeypatch.setattr(GlueTask, "load", tokenize)
+    monkeypatch.setattr(SquadTask, "load", tokenize)
     with pytest.raises(ConfigError) as caught:
         run(make_config(*overrides), tmp_path)
     assert str(caught.value).startswith(message)
+
+
+def test_a_roberta_position_table_holds_two_tokens_fewer_than_its_rows(tmp_path):
+    """RoBERTa's position ids start after the padding index (1): 514 rows hold 512 tokens."""
+    RobertaConfig(max_position_embeddings=514, pad_token_id=1).save_pretrained(tmp_path)
+    BertConfig(max_position_embeddings=512, pad_token_id=0).save_pretrained(tmp_path / "bert")
+    assert PretrainedModel("roberta", str(tmp_path)).max_input_tokens() == 512
+    assert PretrainedModel("bert", str(tmp_path / "bert")).max_input_tokens() == 512
 
 
 def test_failed_verification_never_publishes_the_model(make_config, tmp_path, monkeypatch):

@@ -126,6 +126,7 @@ def setup_data(state: RunState) -> None:
         seed=cfg.seed,
     )
     state.summary.update(task=state.task.name, task_family=state.task.family, main_metric=f"eval/{state.task.main_metric}")
+    _check_input_fits(state.task, state.source)  # before tokenizing, which takes minutes on SQuAD
     with state.accelerator.main_process_first():
         state.data = state.task.load(state.tokenizer)
     state.summary.write(notes=[*state.summary.fields["notes"], *state.data.notes])
@@ -138,7 +139,6 @@ def setup_training(state: RunState) -> None:
     training loop, the pruning engine."""
     cfg, task = state.cfg, state.task
     state.model = state.source.load_model(task.auto_model_class(), **task.model_kwargs())
-    _check_input_fits(task, state.model)
     distiller = build(cfg.distill)(task=task, student=state.model)
     state.quantization = build(cfg.quant)
     state.quantization.prepare(state.model)
@@ -250,12 +250,12 @@ def _evaluate(state: RunState, model) -> dict:
     return {f"eval/{k}": v for k, v in state.task.compute_metrics(logits, state.data).items()}
 
 
-def _check_input_fits(task, model) -> None:
+def _check_input_fits(task, source) -> None:
     """Inputs longer than the model's position table would fail deep inside its first forward."""
-    positions = getattr(model.config, "max_position_embeddings", None)
+    positions = source.max_input_tokens()
     key, length = task.input_length()
     if positions is not None and length > positions:
-        raise ConfigError(f"{key}={length}: longer than the model's {positions} position embeddings; give at most {positions}")
+        raise ConfigError(f"{key}={length}: longer than the {positions} tokens the model's position embeddings hold; give at most {positions}")
 
 
 def _check_steps_fit(config: dict, total_steps: int) -> None:

@@ -33,14 +33,15 @@ def _finish(process: subprocess.Popen) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
-def _kill_after_first_checkpoint(process: subprocess.Popen, run_dir: Path, signum: int) -> None:
+def _kill_after_first_checkpoint(process: subprocess.Popen, run_dir: Path, signum: int, pid: int | None = None) -> None:
+    """``signum`` to ``pid`` (default: ``process``) once ``run_dir`` holds its first checkpoint."""
     first = run_dir / "checkpoints" / "step-00000005"
     deadline = time.monotonic() + 240
     while not first.is_dir():
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "no checkpoint written"
         time.sleep(0.01)
-    process.send_signal(signum)
+    os.kill(pid or process.pid, signum)
 
 
 def _outputs(run_dir: Path) -> tuple[dict, list[dict], dict]:
@@ -123,3 +124,42 @@ def test_resume_with_other_settings_is_refused(tiny_data_root, tmp_path):
         f"prunelab: error: resume_from_checkpoint={tmp_path}: learning_rate was 0.001 in the checkpointed run "
         "and is 0.5 now; resume with the run's own settings"
     )
+
+
+def _submitit_job_pid(sweep: Path) -> int:
+    """The process running the sweep's job under submitit's local executor (Linux /proc)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:  # the process ended meanwhile
+            continue
+        if b"submitit.core._submit" in args and any(str(sweep).encode() in arg for arg in args):
+            return int(cmdline.parent.name)
+    raise AssertionError(f"no submitit job process for {sweep}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the job process through /proc")
+def test_submitit_preemption_checkpoints_requeues_and_resumes_identically(uninterrupted, tiny_data_root, tmp_path):
+    """Hydra's submitit launcher (local executor: the same job pickling, signal and requeue code as
+    on SLURM): its preemption signal stops the run at a checkpoint, submitit requeues the job and
+    the requeued job, in the same job dir, resumes and ends as if never stopped."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "prunelab", "-m", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}", *RUN,
+            f"data_root={tiny_data_root}", "resume_from_checkpoint=auto"]
+    process = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job = sweep / "0"
+    deadline = time.monotonic() + 240
+    while not (job / "checkpoints").is_dir():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.01)
+    _kill_after_first_checkpoint(process, job, signal.SIGUSR2, pid=_submitit_job_pid(sweep))
+    result = _finish(process)
+    assert result.returncode == 0, result.stderr
+    log = "\n".join(path.read_text() for path in (sweep / ".submitit").glob("*/*_log.err"))
+    assert "Caught signal SIGUSR2" in log and "this job is preempted" in log
+    summary = json.loads((job / "summary.json").read_text())
+    assert summary["notes"][0].startswith(f"resumed from {job / 'checkpoints'}")  # the requeued attempt
+    _assert_identical(_outputs(job), uninterrupted)
+

@@ -160,8 +160,9 @@ def check_inert_overrides(cfg: DictConfig, overrides: list[str]) -> None:
 _INERT_RULES = (
     (("do_prune",), lambda cfg: not cfg.do_prune, PRUNING_ONLY_KEYS,
      "do_prune=false (a dense run)", "drop it, or set do_prune=true"),
-    (("do_prune", "pruner", "pruning.pruning_type", "pruning_config"), lambda cfg: cfg.do_prune and cfg.pruning.get("pruning_type") == "pattern_lock",
-     LOCK_IGNORED_KEYS, "pruner=pattern_lock (it keeps the zeros the model has)", "drop it"),
+    (("do_prune", "pruner", "pruning.pruning_type", "pruning_config"),
+     lambda cfg: cfg.do_prune and cfg.pruning.get("pruning_type") == "pattern_lock", LOCK_IGNORED_KEYS,
+     "pruner=pattern_lock (it keeps the zeros the model has)", "drop it"),
     (("export", "export.kind", "export.latency_runs"),
      lambda cfg: cfg.export.kind != "none" and cfg.export.latency_runs == 0, EXPORT_LATENCY_KEYS,
      "export.latency_runs=0 (no latency measurement)", "drop it, or set export.latency_runs > 0"),

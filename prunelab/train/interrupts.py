@@ -49,7 +49,8 @@ class StopOnSignal:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         launcher = previous.get(self.signum)
-        if exc_type is not None and issubclass(exc_type, RunInterrupted) and self.signum in self._handed_over and callable(launcher):
+        stopped = exc_type is not None and issubclass(exc_type, RunInterrupted)
+        if stopped and self.signum in self._handed_over and callable(launcher):
             launcher(self.signum, None)  # submitit: requeue the job, then exit
 
     @contextmanager

@@ -134,9 +134,7 @@ def other_candidates(model, inputs, calibration, threads):
 def fp32_openvino(model, inputs, threads):
     from prunelab.quant import backend
 
-    compiled = backend.compile_model(
-        backend.convert(model, inputs), {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
-    )
+    compiled = backend.compile_model(backend.convert(model, inputs), {"INFERENCE_NUM_THREADS": threads})
     return lambda: torch.from_numpy(compiled(inputs)[0])
 
 

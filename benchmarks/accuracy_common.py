@@ -238,10 +238,20 @@ def run_grid(args, results: Path, dense_dir: Path, script: str) -> None:
                               [python, script, "prune", "--backend", backend, "--pattern", pattern,
                                "--distill", distill, "--seed", str(seed), *common]))
     for name, command in cells:
-        if load_results(results).get(name, {}).get("status") == "done":
+        if is_done(load_results(results).get(name, {}), name, args.dense_dir):  # --quick: its own dir
             continue
         print(f"grid: {name}", flush=True)
         subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def is_done(row: dict, name: str, dense_dir: Path) -> bool:
+    """Whether a grid cell can be skipped: its row is finished, and for the dense cell its weights
+    are also in ``dense_dir`` (a fresh clone has the row but not the model the cells start from)."""
+    if row.get("status") != "done":
+        return False
+    if name != "dense":
+        return True
+    return (dense_dir / "model.safetensors").is_file() and start_point_id(dense_dir) == row.get("start_point")
 
 
 def run_name(backend: str, pattern: str, distill: str, seed: int) -> str:

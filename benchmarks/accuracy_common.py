@@ -245,13 +245,12 @@ def run_grid(args, results: Path, dense_dir: Path, script: str) -> None:
 
 
 def is_done(row: dict, name: str, dense_dir: Path) -> bool:
-    """Whether a grid cell can be skipped: its row is finished, and for the dense cell its weights
-    are also in ``dense_dir`` (a fresh clone has the row but not the model the cells start from)."""
-    if row.get("status") != "done":
+    """Whether a grid cell can be skipped: its row is finished from the weights now in ``dense_dir``
+    (the dense cell's own, a pruning cell's start point). A fresh clone has the dense row but not
+    its model; a re-made dense model that differs makes every pruning row stale."""
+    if row.get("status") != "done" or not (dense_dir / "model.safetensors").is_file():
         return False
-    if name != "dense":
-        return True
-    return (dense_dir / "model.safetensors").is_file() and start_point_id(dense_dir) == row.get("start_point")
+    return start_point_id(dense_dir) == row.get("start_point")
 
 
 def run_name(backend: str, pattern: str, distill: str, seed: int) -> str:

@@ -238,13 +238,13 @@ def run_grid(args, results: Path, dense_dir: Path, script: str) -> None:
                               [python, script, "prune", "--backend", backend, "--pattern", pattern,
                                "--distill", distill, "--seed", str(seed), *common]))
     for name, command in cells:
-        if is_done(load_results(results).get(name, {}), name, args.dense_dir):  # --quick: its own dir
+        if is_done(load_results(results).get(name, {}), args.dense_dir):  # --quick: its own dir
             continue
         print(f"grid: {name}", flush=True)
         subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
-def is_done(row: dict, name: str, dense_dir: Path) -> bool:
+def is_done(row: dict, dense_dir: Path) -> bool:
     """Whether a grid cell can be skipped: its row is finished from the weights now in ``dense_dir``
     (the dense cell's own, a pruning cell's start point). A fresh clone has the dense row but not
     its model; a re-made dense model that differs makes every pruning row stale."""

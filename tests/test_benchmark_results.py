@@ -19,22 +19,22 @@ def _dense_dir(tmp_path: Path, weights: bytes) -> Path:
 def test_dense_cell_is_done_only_with_its_weights_on_disk(tmp_path):
     missing = tmp_path / "absent"
     row = {"status": "done", "start_point": "dense_000000000000"}
-    assert not is_done(row, "dense", missing)  # a fresh clone: the row is committed, the model is not
+    assert not is_done(row, missing)  # a fresh clone: the row is committed, the model is not
     directory = _dense_dir(tmp_path, b"weights")
-    assert not is_done(row, "dense", directory)  # other weights than the row's
-    assert is_done({**row, "start_point": start_point_id(directory)}, "dense", directory)
-    assert not is_done({"status": "running: 1/2 epochs", "start_point": start_point_id(directory)}, "dense", directory)
+    assert not is_done(row, directory)  # other weights than the row's
+    assert is_done({**row, "start_point": start_point_id(directory)}, directory)
+    assert not is_done({"status": "running: 1/2 epochs", "start_point": start_point_id(directory)}, directory)
 
 
 def test_pruning_cell_is_done_when_its_row_finished_from_the_current_start_point(tmp_path):
     directory = _dense_dir(tmp_path, b"weights")
     current = start_point_id(directory)
-    assert is_done({"status": "done", "start_point": current}, "prunelab_2:4_0.5_layerwise", directory)
-    assert not is_done({"status": "running: 3/8 epochs", "start_point": current}, "prunelab_2:4_0.5_layerwise", directory)
-    assert not is_done({}, "inc_4x1_0.8_reference", directory)
+    assert is_done({"status": "done", "start_point": current}, directory)
+    assert not is_done({"status": "running: 3/8 epochs", "start_point": current}, directory)
+    assert not is_done({}, directory)
     # from an earlier dense model: re-run, so that every cell of the table starts from the same weights
-    assert not is_done({"status": "done", "start_point": "dense_000000000000"}, "inc_4x1_0.8_reference", directory)
-    assert not is_done({"status": "done", "start_point": current}, "inc_4x1_0.8_reference", tmp_path / "absent")
+    assert not is_done({"status": "done", "start_point": "dense_000000000000"}, directory)
+    assert not is_done({"status": "done", "start_point": current}, tmp_path / "absent")
 
 
 def test_new_dense_start_point_archives_the_old_row_and_a_reproduced_one_keeps_one(tmp_path):

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from prunelab.sparsity.criteria import CRITERIA
+from prunelab.sparsity.criteria import CRITERIA, DEFAULT_NUM_GRADS
 from prunelab.sparsity.ops import OP_KINDS, OP_TYPE_ALIASES
 from prunelab.sparsity.patterns import NInMPattern, Pattern, parse_pattern
 from prunelab.sparsity.schedules import DECAYS
@@ -21,6 +21,20 @@ PRUNING_TYPES = (*CRITERIA, *(f"{c}_progressive" for c in CRITERIA), "pattern_lo
 SCOPES = ("global", "local")
 OP_TYPES = (*OP_KINDS, *OP_TYPE_ALIASES)
 PROGRESSIVE_STEPS = 4  # INC's fixed number of sub-steps over which a progressive mask is blended in
+
+
+@dataclass(frozen=True)
+class ObsSettings:
+    """``pruning_type: obs`` (the Optimal BERT Surgeon): the empirical Fisher and its use."""
+
+    block_size: int | None = None  # coordinates per Fisher block, a multiple of the pattern's unit; None: 50 rounded up to one
+    num_grads: int | None = None  # gradients per Fisher estimate; None: min(1024, the steps before each update)
+    damp: float = 1e-7  # Fisher dampening lambda (F = lambda I + mean g g^T)
+    update_weights: bool = True  # move the kept weights by the OBS correction at every mask update
+    num_recomputations: int = 1  # steps an update is split into, the Fisher re-estimated before each
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -44,6 +58,7 @@ class GroupConfig:
     max_sparsity_ratio_per_op: float = 0.98  # global scope: no op is pruned beyond this
     # pattern "head": heads per attention block; None reads model.config.num_attention_heads
     num_attention_heads: int | None = None
+    obs: ObsSettings | None = None  # pruning_type obs: its settings (None: the defaults)
 
     @property
     def criterion(self) -> str:
@@ -58,12 +73,16 @@ class GroupConfig:
     def pattern_object(self) -> Pattern:
         return parse_pattern(self.pattern)
 
+    @property
+    def obs_settings(self) -> ObsSettings:
+        return self.obs or ObsSettings()
+
     def to_dict(self) -> dict:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
 # prunelab's own keys beyond INC 2.x's (an INC recipe file has none of them).
-EXTENSION_KEYS = ("num_attention_heads",)
+EXTENSION_KEYS = ("num_attention_heads", "obs")
 KEYS = tuple(f.name for f in dataclasses.fields(GroupConfig) if f.name not in EXTENSION_KEYS)  # INC's keys
 ALL_KEYS = (*KEYS, *EXTENSION_KEYS)
 
@@ -199,6 +218,36 @@ def _optional_count(key: str, value: object) -> int | None:
     return int(value)
 
 
+def _obs(key: str, value: object) -> ObsSettings | None:
+    if value is None:
+        return None
+    if isinstance(value, ObsSettings):
+        return value
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{key}={value!r} must be a mapping of obs settings: {', '.join(_OBS_FIELDS)}")
+    unknown = sorted(set(map(str, value)) - set(_OBS_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown key {key}.{unknown[0]}; allowed: {', '.join(_OBS_FIELDS)}")
+    checked = {}
+    for name, item in value.items():
+        where = f"{key}.{name}"
+        if name in ("num_grads", "block_size") and item is None:
+            checked[name] = None
+        elif name == "damp":
+            if isinstance(item, bool) or not isinstance(item, (int, float)) or not item > 0:
+                raise ValueError(f"{where}={item!r} must be a number > 0")
+            checked[name] = float(item)
+        elif name == "update_weights":
+            if not isinstance(item, bool):
+                raise ValueError(f"{where}={item!r} must be true or false")
+            checked[name] = item
+        else:
+            checked[name] = _int_at_least(1)(where, item)
+    return ObsSettings(**checked)
+
+
+_OBS_FIELDS = tuple(f.name for f in dataclasses.fields(ObsSettings))
+
 _VALIDATORS = {
     "target_sparsity": _float_in(0.0, 1.0, high_open=True),
     "pruning_type": _choice(PRUNING_TYPES),
@@ -214,6 +263,7 @@ _VALIDATORS = {
     "min_sparsity_ratio_per_op": _float_in(0.0, 1.0),
     "max_sparsity_ratio_per_op": _float_in(0.0, 1.0),
     "num_attention_heads": _optional_count,
+    "obs": _obs,
 }
 
 
@@ -221,6 +271,8 @@ def _check_group(group: GroupConfig, name) -> None:
     """Checks that involve several keys of one group."""
     if group.end_step < group.start_step:
         raise ValueError(f"{name('end_step')}={group.end_step} is before {name('start_step')}={group.start_step}")
+    if group.obs is not None and group.criterion != "obs":
+        raise ValueError(f"{name('obs')}: has no effect with {name('pruning_type')}={group.pruning_type!r}; drop it or use obs")
     if group.pruning_type == "pattern_lock":
         return  # locks the existing zeros; target, ratios and schedule do not apply
     if group.min_sparsity_ratio_per_op > group.max_sparsity_ratio_per_op:
@@ -248,6 +300,8 @@ def _check_group(group: GroupConfig, name) -> None:
             f"so a one-shot prune needs {name('start_step')} >= 1 (got start_step=end_step=0); "
             "use pruning_type='magnitude' to prune before training"
         )
+    if CRITERIA[group.criterion].second_order:
+        _check_obs_window(group, name, one_shot)
     if group.progressive and (one_shot or group.pruning_frequency < 2):
         raise ValueError(
             f"{name('pruning_type')}={group.pruning_type!r} blends each new mask in over "
@@ -257,5 +311,35 @@ def _check_group(group: GroupConfig, name) -> None:
         )
 
 
+def obs_window(group: GroupConfig) -> tuple[int, int]:
+    """``(num_grads, num_recomputations)`` of an obs group: the gradients per Fisher estimate
+    (``num_grads``, or as many as fit, at most DEFAULT_NUM_GRADS) and the sub-updates per update.
+    The R windows of num_grads steps lie between two updates (one-shot: before ``start_step``)."""
+    settings = group.obs_settings
+    one_shot = (group.end_step - group.start_step) < group.pruning_frequency
+    gap = group.start_step if one_shot else group.pruning_frequency
+    count = settings.num_grads or min(DEFAULT_NUM_GRADS, gap // settings.num_recomputations)
+    return count, settings.num_recomputations
+
+
+def _check_obs_window(group: GroupConfig, name, one_shot: bool) -> None:
+    if group.progressive:
+        raise ValueError(
+            f"{name('pruning_type')}={group.pruning_type!r}: obs moves the kept weights when it prunes, which a "
+            "progressive blend cannot spread over steps; use pruning_type='obs'"
+        )
+    count, recomputations = obs_window(group)
+    gap = group.start_step if one_shot else group.pruning_frequency
+    if count < 1 or count * recomputations > gap:
+        where = f"{name('start_step')}={group.start_step} (one-shot)" if one_shot else \
+            f"{name('pruning_frequency')}={group.pruning_frequency}"
+        raise ValueError(
+            f"{name('obs')}: num_grads={count} x num_recomputations={recomputations} gradient steps must fit "
+            f"before each mask update, but {where} leaves {gap}; lower obs.num_grads or obs.num_recomputations"
+        )
+
+
 def _plain(value: object) -> object:
+    if isinstance(value, ObsSettings):
+        return value.to_dict()
     return list(value) if isinstance(value, tuple) else value

@@ -25,8 +25,10 @@ import torch
 from torch import nn
 
 from prunelab.sparsity.config import GroupConfig
+from prunelab.sparsity.criteria import CRITERIA
 from prunelab.sparsity.coupling import Structure, find_structures, known_layouts
 from prunelab.sparsity.patterns import with_pruned_last
+from prunelab.sparsity.obs import ObsGroup
 from prunelab.sparsity.pruner import PruningGroup
 
 
@@ -298,7 +300,12 @@ class CoupledGroup(PruningGroup):
 
 
 def make_group(index: int, config: GroupConfig, matched: list[tuple[str, nn.Module, str]], model: nn.Module) -> PruningGroup:
-    """A ``CoupledGroup`` for ``head``/``neuron`` patterns (unless pattern_lock), else a ``PruningGroup``."""
+    """A ``CoupledGroup`` for ``head``/``neuron`` patterns (unless pattern_lock), an ``ObsGroup`` for
+    a second-order criterion, else a ``PruningGroup``."""
     if config.pattern_object.coupled and config.pruning_type != "pattern_lock":
+        if CRITERIA[config.criterion].second_order:
+            raise ValueError(f"pruning_type={config.pruning_type!r} does not prune coupled units ({config.pattern}); use a first-order criterion")
         return CoupledGroup(index, config, matched, model)
+    if config.pruning_type != "pattern_lock" and CRITERIA[config.criterion].second_order:
+        return ObsGroup(index, config, matched)
     return PruningGroup(index, config, matched)

@@ -13,7 +13,11 @@ snip           ``|W * G|``                                 on the step before ea
 snip_momentum  ``score = 0.9 * score + |W * G|``           every step from ``MOMENTUM_HORIZON``
                                                            steps before the first pruning update
 movement       ``score += -W * G`` (Sanh et al. 2020)      every step from step 0
+obs            ``0.5 w_Q^T ([F^-1]_QQ)^-1 w_Q`` (oBERT)    the ``num_grads`` steps before each update
 =============  ==========================================  =========================================
+
+``obs`` is second order: its state is a block-diagonal Fisher inverse and its updates also move
+the kept weights, so its groups are ``prunelab.sparsity.obs.ObsGroup`` (``second_order``).
 
 Observation runs in ``on_before_optimizer_step`` after pruned gradients are zeroed, so pruned
 weights add nothing; they stay pruned anyway because selection puts them first.
@@ -34,6 +38,12 @@ MOMENTUM_HORIZON = 100
 class Criterion:
     name = ""
     needs_grad = True
+    second_order = False  # True: pruned by an ObsGroup (Fisher state, weight updates)
+
+    def calibration_steps(self, config) -> int:
+        """Gradient steps a one-shot prune of a ``GroupConfig`` needs before its update (the
+        ``start_step`` of a prune without training)."""
+        return 1 if self.needs_grad else 0
 
     def observes(self, step: int, schedule: Schedule) -> bool:
         """Whether gradients of optimizer step ``step`` feed the score."""
@@ -134,4 +144,18 @@ class Movement(Criterion):
         return fresh.neg_() if state is None else state.sub_(fresh)
 
 
-CRITERIA = {c.name: c for c in (Magnitude(), Gradient(), Snip(), SnipMomentum(), Movement())}
+class Obs(Criterion):
+    """The Optimal BERT Surgeon; the scoring and its windows live in ``ObsGroup``."""
+
+    name = "obs"
+    second_order = True
+
+    def calibration_steps(self, config):
+        settings = config.obs_settings
+        return (settings.num_grads or DEFAULT_NUM_GRADS) * settings.num_recomputations
+
+
+# oBERT's number of gradients per Fisher estimate (its paper and SparseML's default).
+DEFAULT_NUM_GRADS = 1024
+
+CRITERIA = {c.name: c for c in (Magnitude(), Gradient(), Snip(), SnipMomentum(), Movement(), Obs())}

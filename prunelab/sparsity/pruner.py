@@ -162,9 +162,13 @@ class PruningGroup:
         for op in seen:
             op.state = self.criterion.observe(op.state, op.view.to_2d(op.weight), op.view.to_2d(op.weight.grad), self.pattern)
 
+    def _observes(self, step: int) -> bool:
+        """Whether gradients of ``step`` feed the criterion."""
+        return self.criterion is not None and self.criterion.needs_grad and self.criterion.observes(step, self.schedule)
+
     def _observes_gradients(self, step: int, any_grad: bool, units: str) -> bool:
         """Whether the criterion takes gradients at ``step``; an error if it does and none exist."""
-        if self.criterion is None or not self.criterion.needs_grad or not self.criterion.observes(step, self.schedule):
+        if not self._observes(step):
             return False
         if not any_grad and self.ops:
             raise RuntimeError(

@@ -107,6 +107,9 @@ PRUNING_ONLY_KEYS = ("pattern", "pruner", "scheduler", "target_sparsity", "spars
                      "pruning.pruning_scope", "pruning.min_sparsity_ratio_per_op", "pruning.max_sparsity_ratio_per_op")
 # What pruner=pattern_lock ignores: it keeps the zeros the model has, from the first step to the last.
 LOCK_IGNORED_KEYS = tuple(key for key in PRUNING_ONLY_KEYS if key != "pruner")
+# What only training reads: given to a run without training (num_train_epochs=0), they would do nothing.
+TRAINING_ONLY_KEYS = ("learning_rate", "weight_decay", "no_decay_modules", "adam_betas", "lr_scheduler_type",
+                      "num_warmup_steps", "max_grad_norm", "checkpoints_to_keep")
 # What only sets up the export's latency measurement.
 EXPORT_LATENCY_KEYS = ("export.batch_sizes", "export.sequence", "export.threads")
 
@@ -163,6 +166,8 @@ _INERT_RULES = (
     (("do_prune", "pruner", "pruning.pruning_type", "pruning_config"),
      lambda cfg: cfg.do_prune and cfg.pruning.get("pruning_type") == "pattern_lock", LOCK_IGNORED_KEYS,
      "pruner=pattern_lock (it keeps the zeros the model has)", "drop it"),
+    (("num_train_epochs",), lambda cfg: cfg.num_train_epochs == 0, TRAINING_ONLY_KEYS,
+     "num_train_epochs=0 (no training: prune once, then evaluate)", "drop it"),
     (("export", "export.kind", "export.latency_runs"),
      lambda cfg: cfg.export.kind != "none" and cfg.export.latency_runs == 0, EXPORT_LATENCY_KEYS,
      "export.latency_runs=0 (no latency measurement)", "drop it, or set export.latency_runs > 0"),
@@ -268,7 +273,9 @@ def _check_values(cfg: DictConfig, given: dict) -> None:
     """Ranges and combinations; messages show values as given (``-1``, not the typed ``-1.0``)."""
     if cfg.do_prune and not 0.0 <= cfg.target_sparsity < 1.0:
         raise ConfigError(f"target_sparsity={given['target_sparsity']}: must be in [0, 1) (fraction of weights zeroed)")
-    for key in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
+    if cfg.num_train_epochs < 0:
+        raise ConfigError(f"num_train_epochs={given['num_train_epochs']}: must be >= 0 (0: prune once and evaluate, no training)")
+    for key in ("per_device_train_batch_size", "per_device_eval_batch_size",
                 "gradient_accumulation_steps", "max_length", "checkpoints_to_keep"):
         if cfg[key] < 1:
             raise ConfigError(f"{key}={given[key]}: must be a positive integer")
@@ -308,6 +315,8 @@ def _check_no_effect(cfg: DictConfig, given: dict) -> None:
         raise ConfigError(
             f"distill_loss_weight={given['distill_loss_weight']}: has no effect without distillation; add distill=kd|hidden_mse|layerwise|simkd"
         )
+    if cfg.num_train_epochs == 0:
+        _check_without_training(cfg, given, distilling)
     if cfg.export.kind != "none" and not cfg.save_model:
         raise ConfigError(f"export={cfg.export.kind}: works on the saved model; set save_model=true")
     if cfg.pruning_config is not None and not cfg.do_prune:
@@ -320,3 +329,21 @@ def _check_no_effect(cfg: DictConfig, given: dict) -> None:
             f"cooldown_epochs={given['cooldown_epochs']}: has no effect with scheduler=oneshot "
             "(all training after the one update is at the final masks)"
         )
+
+
+def _check_without_training(cfg: DictConfig, given: dict, distilling: bool) -> None:
+    """num_train_epochs=0 prunes once (after the gradient passes its criterion needs) and
+    evaluates: what only training reads would do nothing."""
+    why = "num_train_epochs=0 (no training: prune once, then evaluate)"
+    if distilling:
+        raise ConfigError(f"distill: a distiller has no effect with {why}; use distill=none")
+    if cfg.quant.approach == "qat":
+        raise ConfigError(f"quant=qat: has no effect with {why}; use quant=dynamic or quant=static")
+    for key in ("checkpointing_steps", "resume_from_checkpoint"):
+        if cfg[key] is not None:
+            raise ConfigError(f"{key}={given[key]}: has no effect with {why}")
+    for key in ("sparsity_warm_epochs", "cooldown_epochs"):
+        if cfg[key]:
+            raise ConfigError(f"{key}={given[key]}: has no effect with {why}")
+    if cfg.gradient_accumulation_steps != 1:
+        raise ConfigError(f"gradient_accumulation_steps={given['gradient_accumulation_steps']}: has no effect with {why}")

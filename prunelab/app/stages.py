@@ -59,6 +59,7 @@ class RunState:
     trainer: Trainer | None = None
     callbacks: list = field(default_factory=list)
     pruning: Any = None
+    gradient_steps: int = 0  # num_train_epochs=0: gradient passes before the one-shot prune
     measurement: Any = None
     quantization: Any = None
     quantized: Any = None
@@ -86,9 +87,19 @@ def engine_config(cfg: DictConfig, steps_per_epoch: int) -> dict:
             raise ConfigError(
                 f"pruning.{key}={keys[key]} and {window}={cfg[window]} both say when pruning happens; keep one"
             )
-    steps = PruningSteps(steps_per_epoch, cfg.num_train_epochs, cfg.sparsity_warm_epochs, cfg.cooldown_epochs)
+    if cfg.num_train_epochs == 0 and not cfg.do_prune:
+        return keys  # evaluation only: no window
+    steps = PruningSteps(steps_per_epoch, cfg.num_train_epochs, cfg.sparsity_warm_epochs, cfg.cooldown_epochs,
+                         gradient_steps=prune_only_steps(keys) if cfg.num_train_epochs == 0 else 0)
     derived = build(cfg.scheduler).engine_keys(steps, cfg.pruning_frequency) if len(given) < len(STEP_KEYS) else {}
     return {**keys, **{k: v for k, v in derived.items() if k not in given}}
+
+
+def prune_only_steps(keys: dict) -> int:
+    """num_train_epochs=0: the gradient passes the criterion needs before its one-shot prune."""
+    unbounded = 2**31  # a one-shot window as long as any criterion could ask for
+    placeholder = {"start_step": unbounded, "end_step": unbounded, "pruning_frequency": 1}
+    return prunelab.sparsity.calibration_steps(_parse_engine_config({**keys, **placeholder}))
 
 
 def check_pruning(cfg: DictConfig) -> None:
@@ -144,9 +155,10 @@ def setup_training(state: RunState) -> None:
     state.quantization.prepare(state.model)
     state.trainer = Trainer(state.model, task, state.data, _train_config(cfg), state.accelerator)
     config = engine_config(cfg, state.trainer.steps_per_epoch)
-    if cfg.do_prune:
+    if cfg.do_prune and cfg.num_train_epochs:  # without training its steps are gradient passes
         _check_steps_fit(config, state.trainer.total_steps)
     state.pruning = _prepare_pruning(config, state.model) if cfg.do_prune else None
+    state.gradient_steps = config["start_step"] if cfg.do_prune and cfg.num_train_epochs == 0 else 0
     state.measurement = state.pruning or _dense_measurement(config, state.model)
     state.callbacks = [c for c in (distiller, state.pruning) if c is not None]
 
@@ -166,7 +178,7 @@ def fit(state: RunState) -> None:
 
     state.final = state.trainer.fit(
         callbacks=state.callbacks, on_evaluate=log_evaluation, checkpoints=policy,
-        resume_from=state.resume_from, stop=state.stop,
+        resume_from=state.resume_from, stop=state.stop, gradient_steps=state.gradient_steps,
     )
 
 

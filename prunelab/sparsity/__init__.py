@@ -9,6 +9,6 @@ head or an FFN neuron, per architecture), ``coupled`` (a group of heads or neuro
 checkpoint, ``kept_units``), ``measure`` (the report).
 """
 from prunelab.sparsity.api import Pruning, prepare_pruning
-from prunelab.sparsity.config import GroupConfig, PruningConfig, parse_config
+from prunelab.sparsity.config import GroupConfig, PruningConfig, calibration_steps, parse_config
 
-__all__ = ["GroupConfig", "Pruning", "PruningConfig", "parse_config", "prepare_pruning"]
+__all__ = ["GroupConfig", "Pruning", "PruningConfig", "calibration_steps", "parse_config", "prepare_pruning"]

@@ -301,7 +301,7 @@ def _check_group(group: GroupConfig, name) -> None:
             "use pruning_type='magnitude' to prune before training"
         )
     if CRITERIA[group.criterion].second_order:
-        _check_obs_window(group, name, one_shot)
+        _check_obs(group, name, one_shot)
     if group.progressive and (one_shot or group.pruning_frequency < 2):
         raise ValueError(
             f"{name('pruning_type')}={group.pruning_type!r} blends each new mask in over "
@@ -309,6 +309,12 @@ def _check_group(group: GroupConfig, name) -> None:
             f"schedule with {name('pruning_frequency')} >= 2 and end_step - start_step >= pruning_frequency "
             f"(got pruning_frequency={group.pruning_frequency}, start_step={group.start_step}, end_step={group.end_step})"
         )
+
+
+def calibration_steps(config: PruningConfig) -> int:
+    """Gradient steps a prune without training needs before its one-shot update (the largest over
+    the groups: 0 for magnitude, 1 for gradient criteria, num_grads x num_recomputations for obs)."""
+    return max((CRITERIA[g.criterion].calibration_steps(g) for g in config.groups if g.pruning_type != "pattern_lock"), default=0)
 
 
 def obs_window(group: GroupConfig) -> tuple[int, int]:
@@ -322,7 +328,12 @@ def obs_window(group: GroupConfig) -> tuple[int, int]:
     return count, settings.num_recomputations
 
 
-def _check_obs_window(group: GroupConfig, name, one_shot: bool) -> None:
+def _check_obs(group: GroupConfig, name, one_shot: bool) -> None:
+    if group.pattern_object.coupled:
+        raise ValueError(
+            f"{name('pruning_type')}={group.pruning_type!r} does not prune coupled units ({name('pattern')}="
+            f"{group.pattern!r}): its Fisher blocks hold weights of one module; use a first-order criterion"
+        )
     if group.progressive:
         raise ValueError(
             f"{name('pruning_type')}={group.pruning_type!r}: obs moves the kept weights when it prunes, which a "

@@ -303,8 +303,6 @@ def make_group(index: int, config: GroupConfig, matched: list[tuple[str, nn.Modu
     """A ``CoupledGroup`` for ``head``/``neuron`` patterns (unless pattern_lock), an ``ObsGroup`` for
     a second-order criterion, else a ``PruningGroup``."""
     if config.pattern_object.coupled and config.pruning_type != "pattern_lock":
-        if CRITERIA[config.criterion].second_order:
-            raise ValueError(f"pruning_type={config.pruning_type!r} does not prune coupled units ({config.pattern}); use a first-order criterion")
         return CoupledGroup(index, config, matched, model)
     if config.pruning_type != "pattern_lock" and CRITERIA[config.criterion].second_order:
         return ObsGroup(index, config, matched)

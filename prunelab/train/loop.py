@@ -113,6 +113,7 @@ class Trainer:
         checkpoints: CheckpointPolicy | None = None,
         resume_from: Path | None = None,
         stop: StopOnSignal | None = None,
+        gradient_steps: int = 0,
     ) -> Evaluation:
         """Train for ``num_train_epochs``; returns the evaluation after the last epoch (taken after
         ``on_train_end``, so it measures the final weights).
@@ -120,8 +121,12 @@ class Trainer:
         checkpoints: when to write checkpoints; resume_from: a checkpoint directory to continue
         from (same config); stop: the run's signal handler, deferred while a step runs so that a
         SIGTERM ends the run after a checkpoint (raises ``RunInterrupted``).
+        With ``num_train_epochs=0`` nothing is trained: ``gradient_steps`` backward passes feed
+        the callbacks (a one-shot prune) and the model is evaluated.
         """
         callbacks = [c for c in callbacks if c is not None]
+        if self.config.num_train_epochs == 0:
+            return self._without_training(callbacks, gradient_steps, on_evaluate)
         if checkpoints is not None or resume_from is not None:
             self._register_for_checkpointing(callbacks)
         position = LoopPosition()
@@ -155,6 +160,41 @@ class Trainer:
         if evaluation is None:  # resumed from a checkpoint written after the last epoch
             evaluation = self.evaluate(last_epoch, position.step, float("nan"))
         return evaluation
+
+    def _without_training(self, callbacks, gradient_steps: int, on_evaluate) -> Evaluation:
+        """``gradient_steps`` steps of the hooks with a backward pass and no optimizer step, then
+        one more without a backward pass (where a one-shot prune scheduled at ``gradient_steps``
+        happens), then the evaluation. Eval mode: no dropout in the gradients a criterion reads."""
+        _call(callbacks, "on_fit_start", self)
+        _call(callbacks, "on_train_begin")
+        self.model.eval()
+        batches = self._endless_batches()
+        losses = []
+        for step in tqdm(range(gradient_steps + 1), desc="prune", disable=not (self.config.progress_bar and gradient_steps
+                                                                               and self.accelerator.is_local_main_process)):
+            _call(callbacks, "on_step_begin", step)
+            if step < gradient_steps:
+                batch = next(batches)
+                batch.pop(EXAMPLE_INDEX)
+                loss = self.model(**batch).loss
+                self.accelerator.backward(loss)
+                losses.append(loss.detach().float().item())
+            _call(callbacks, "on_before_optimizer_step")
+            _call(callbacks, "on_after_optimizer_step")
+            self.optimizer.zero_grad()
+        _call(callbacks, "on_train_end")
+        evaluation = self.evaluate(0, 0, self._mean_loss(losses))
+        if on_evaluate is not None:
+            on_evaluate(evaluation)
+        return evaluation
+
+    def _endless_batches(self):
+        """Training batches, epoch after epoch (each reshuffled as in training)."""
+        epoch = 0
+        while True:
+            self.train_loader.set_epoch(epoch)
+            yield from self.train_loader
+            epoch += 1
 
     def evaluate(self, epoch: int, step: int, train_loss: float) -> Evaluation:
         logits, eval_loss = predict(self.model, self.eval_loader, self.task, self.accelerator)

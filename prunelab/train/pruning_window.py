@@ -21,6 +21,7 @@ class PruningSteps:
     num_train_epochs: int
     sparsity_warm_epochs: float
     cooldown_epochs: float
+    gradient_steps: int = 0  # num_train_epochs=0: gradient passes (no optimizer step) before the one prune
 
     @property
     def start(self) -> int:
@@ -41,6 +42,8 @@ class IterativeSchedule:
     sparsity_decay_type: str = "exp"
 
     def engine_keys(self, steps: PruningSteps, pruning_frequency: int | None) -> dict:
+        if steps.num_train_epochs == 0:
+            raise ConfigError("num_train_epochs=0 prunes once without training: use scheduler=oneshot")
         start, end = steps.start, steps.last
         if end < start:
             raise ConfigError(
@@ -59,9 +62,12 @@ class IterativeSchedule:
 @dataclass
 class OneShotSchedule:
     """The whole target at once, on the first step after ``sparsity_warm_epochs`` (at least step 1,
-    so gradient-based criteria have one step of gradients to score); masks then stay."""
+    so gradient-based criteria have one step of gradients to score); masks then stay. Without
+    training (``num_train_epochs=0``), after the gradient passes the criterion needs."""
 
     def engine_keys(self, steps: PruningSteps, pruning_frequency: int | None) -> dict:
+        if steps.num_train_epochs == 0:
+            return {"start_step": steps.gradient_steps, "end_step": steps.gradient_steps, "pruning_frequency": 1}
         total = steps.steps_per_epoch * steps.num_train_epochs
         start = max(steps.start, 1)
         if start >= total:

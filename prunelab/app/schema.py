@@ -102,7 +102,8 @@ class RunSchema:
 _GROUPS = ("model", "task", "scheduler", "distill", "quant", "export")
 # What only a pruning run reads: given to a dense run (do_prune=false), they would do nothing.
 # (pruning.op_names and friends stay allowed: they set which ops a dense run's sparsity counts.)
-PRUNING_ONLY_KEYS = ("pattern", "pruner", "scheduler", "target_sparsity", "sparsity_warm_epochs", "cooldown_epochs",
+PRUNING_ONLY_KEYS = ("pattern", "pruner", "scheduler", "scheduler.sparsity_decay_type", "scheduler.initial_sparsity",
+                     "scheduler.lr_rewinding", "target_sparsity", "sparsity_warm_epochs", "cooldown_epochs",
                      "pruning_frequency", "progressive", "pruning.target_sparsity",
                      "pruning.pruning_scope", "pruning.min_sparsity_ratio_per_op", "pruning.max_sparsity_ratio_per_op")
 # What pruner=pattern_lock ignores: it keeps the zeros the model has, from the first step to the last.
@@ -168,6 +169,9 @@ _INERT_RULES = (
      "pruner=pattern_lock (it keeps the zeros the model has)", "drop it"),
     (("num_train_epochs",), lambda cfg: cfg.num_train_epochs == 0, TRAINING_ONLY_KEYS,
      "num_train_epochs=0 (no training: prune once, then evaluate)", "drop it"),
+    (("do_prune", "scheduler", "scheduler.lr_rewinding"),
+     lambda cfg: cfg.do_prune and bool(cfg.scheduler.get("lr_rewinding")), ("lr_scheduler_type", "num_warmup_steps"),
+     "scheduler.lr_rewinding=true (linear decay restarted at every pruning update)", "drop it"),
     (("export", "export.kind", "export.latency_runs"),
      lambda cfg: cfg.export.kind != "none" and cfg.export.latency_runs == 0, EXPORT_LATENCY_KEYS,
      "export.latency_runs=0 (no latency measurement)", "drop it, or set export.latency_runs > 0"),

@@ -158,6 +158,8 @@ def setup_training(state: RunState) -> None:
     if cfg.do_prune and cfg.num_train_epochs:  # without training its steps are gradient passes
         _check_steps_fit(config, state.trainer.total_steps)
     state.pruning = _prepare_pruning(config, state.model) if cfg.do_prune else None
+    if cfg.do_prune and build(cfg.scheduler).lr_rewinding:
+        state.trainer.rewind_learning_rate(state.pruning.pruning_steps())
     state.gradient_steps = config["start_step"] if cfg.do_prune and cfg.num_train_epochs == 0 else 0
     state.measurement = state.pruning or _dense_measurement(config, state.model)
     state.callbacks = [c for c in (distiller, state.pruning) if c is not None]

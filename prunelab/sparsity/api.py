@@ -198,6 +198,15 @@ class Pruning:
         """Measured sparsity (zeros counted in the weights) per op, per group and overall."""
         return build_report(self.model, self.groups, self.step)
 
+    def pruning_steps(self) -> list[int]:
+        """The optimizer steps at which a mask update prunes (every group's), ascending: where a
+        training loop may restart its learning rate (``lr_rewinding``)."""
+        steps = set()
+        for group in self.groups:
+            if not group.locked and group.ops and group.config.target_sparsity > 0:
+                steps.update(group.schedule.pruning_steps)
+        return sorted(steps)
+
     def kept_units(self) -> dict[str, dict[str, list[int]]]:
         """The structure the masks leave, for compaction (``prunelab.export``).
 

@@ -59,6 +59,7 @@ class GroupConfig:
     # pattern "head": heads per attention block; None reads model.config.num_attention_heads
     num_attention_heads: int | None = None
     obs: ObsSettings | None = None  # pruning_type obs: its settings (None: the defaults)
+    initial_sparsity: float = 0.0  # sparsity of the first update of an iterative schedule (oBERT: 0.7)
 
     @property
     def criterion(self) -> str:
@@ -82,7 +83,7 @@ class GroupConfig:
 
 
 # prunelab's own keys beyond INC 2.x's (an INC recipe file has none of them).
-EXTENSION_KEYS = ("num_attention_heads", "obs")
+EXTENSION_KEYS = ("num_attention_heads", "obs", "initial_sparsity")
 KEYS = tuple(f.name for f in dataclasses.fields(GroupConfig) if f.name not in EXTENSION_KEYS)  # INC's keys
 ALL_KEYS = (*KEYS, *EXTENSION_KEYS)
 
@@ -264,6 +265,7 @@ _VALIDATORS = {
     "max_sparsity_ratio_per_op": _float_in(0.0, 1.0),
     "num_attention_heads": _optional_count,
     "obs": _obs,
+    "initial_sparsity": _float_in(0.0, 1.0, high_open=True),
 }
 
 
@@ -285,6 +287,10 @@ def _check_group(group: GroupConfig, name) -> None:
             f"{name('target_sparsity')}={group.target_sparsity} must lie between {name('min_sparsity_ratio_per_op')}="
             f"{group.min_sparsity_ratio_per_op} and {name('max_sparsity_ratio_per_op')}={group.max_sparsity_ratio_per_op}"
         )
+    if group.initial_sparsity > group.target_sparsity:
+        raise ValueError(
+            f"{name('initial_sparsity')}={group.initial_sparsity} exceeds {name('target_sparsity')}={group.target_sparsity}"
+        )
     pattern = group.pattern_object
     if isinstance(pattern, NInMPattern) and group.target_sparsity > pattern.max_fraction:
         raise ValueError(
@@ -294,10 +300,11 @@ def _check_group(group: GroupConfig, name) -> None:
     if group.target_sparsity == 0:
         return  # nothing will be pruned: the schedule checks below do not apply
     one_shot = (group.end_step - group.start_step) < group.pruning_frequency
-    if CRITERIA[group.criterion].needs_grad and one_shot and group.start_step == 0:
+    if CRITERIA[group.criterion].needs_grad and (one_shot or group.initial_sparsity > 0) and group.start_step == 0:
+        what = "a one-shot prune" if one_shot else f"a first update to {name('initial_sparsity')}={group.initial_sparsity}"
         raise ValueError(
             f"{name('pruning_type')}={group.pruning_type!r} scores weights with gradients of earlier steps, "
-            f"so a one-shot prune needs {name('start_step')} >= 1 (got start_step=end_step=0); "
+            f"so {what} needs {name('start_step')} >= 1 (got start_step=0); "
             "use pruning_type='magnitude' to prune before training"
         )
     if CRITERIA[group.criterion].second_order:
@@ -322,10 +329,17 @@ def obs_window(group: GroupConfig) -> tuple[int, int]:
     (``num_grads``, or as many as fit, at most DEFAULT_NUM_GRADS) and the sub-updates per update.
     The R windows of num_grads steps lie between two updates (one-shot: before ``start_step``)."""
     settings = group.obs_settings
-    one_shot = (group.end_step - group.start_step) < group.pruning_frequency
-    gap = group.start_step if one_shot else group.pruning_frequency
-    count = settings.num_grads or min(DEFAULT_NUM_GRADS, gap // settings.num_recomputations)
+    count = settings.num_grads or min(DEFAULT_NUM_GRADS, _steps_before_updates(group) // settings.num_recomputations)
     return count, settings.num_recomputations
+
+
+def _steps_before_updates(group: GroupConfig) -> int:
+    """The fewest optimizer steps before a pruning update since the previous one (or step 0)."""
+    if (group.end_step - group.start_step) < group.pruning_frequency:
+        return group.start_step
+    if group.initial_sparsity > 0:  # update 0 prunes too
+        return min(group.start_step, group.pruning_frequency)
+    return group.pruning_frequency
 
 
 def _check_obs(group: GroupConfig, name, one_shot: bool) -> None:
@@ -340,10 +354,11 @@ def _check_obs(group: GroupConfig, name, one_shot: bool) -> None:
             "progressive blend cannot spread over steps; use pruning_type='obs'"
         )
     count, recomputations = obs_window(group)
-    gap = group.start_step if one_shot else group.pruning_frequency
+    gap = _steps_before_updates(group)
     if count < 1 or count * recomputations > gap:
-        where = f"{name('start_step')}={group.start_step} (one-shot)" if one_shot else \
-            f"{name('pruning_frequency')}={group.pruning_frequency}"
+        where = f"{name('pruning_frequency')}={group.pruning_frequency}"
+        if gap == group.start_step:
+            where = f"{name('start_step')}={group.start_step} (" + ("one-shot)" if one_shot else "the first update prunes)")
         raise ValueError(
             f"{name('obs')}: num_grads={count} x num_recomputations={recomputations} gradient steps must fit "
             f"before each mask update, but {where} leaves {gap}; lower obs.num_grads or obs.num_recomputations"

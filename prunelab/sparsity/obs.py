@@ -124,7 +124,8 @@ class ObsGroup(PruningGroup):
         schedule = self.schedule
         if schedule.last_index == 0:
             return (0, schedule.start) if step <= schedule.start else None
-        k = max(1, -(-(step - schedule.start) // schedule.frequency))
+        first = 0 if schedule.initial > 0 else 1  # update 0 prunes only to a non-zero initial sparsity
+        k = max(first, -(-(step - schedule.start) // schedule.frequency))
         return (k, schedule.start + k * schedule.frequency) if k <= schedule.last_index else None
 
     def _sub_update_target(self, step: int) -> float | None:
@@ -137,7 +138,7 @@ class ObsGroup(PruningGroup):
         if rest or before >= self.recomputations:
             return None
         schedule = self.schedule
-        previous = schedule.sparsity_at_update(k - 1) if k > 0 else schedule.initial
+        previous = schedule.sparsity_at_update(k - 1) if k > 0 else 0.0
         done = (self.recomputations - before) / self.recomputations
         return previous + (schedule.sparsity_at_update(k) - previous) * done
 

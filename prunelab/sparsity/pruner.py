@@ -61,7 +61,8 @@ class PruningGroup:
         self.locked = config.pruning_type == "pattern_lock"
         self.criterion = None if self.locked else CRITERIA[config.criterion]
         self.schedule = Schedule(
-            config.start_step, config.end_step, config.pruning_frequency, config.sparsity_decay_type, config.target_sparsity
+            config.start_step, config.end_step, config.pruning_frequency, config.sparsity_decay_type, config.target_sparsity,
+            config.initial_sparsity,
         )
         self.blend_steps = min(PROGRESSIVE_STEPS, config.pruning_frequency) if config.progressive else 1
         self.blend_interval = config.pruning_frequency // self.blend_steps

@@ -2,7 +2,8 @@
 
 Mask updates happen at steps ``start + k * frequency`` for ``k = 0..K``, ``K = (end - start) //
 frequency`` (INC's timing). Update ``k`` targets ``decay(s0, S, k / K)``; update 0 therefore prunes
-nothing (it is s0) and update K reaches the target S exactly. ``K == 0`` (``start == end``, or a
+to s0 (``initial_sparsity``: 0 by default, so it prunes nothing; oBERT's recipes jump to 0.7 there)
+and update K reaches the target S exactly. ``K == 0`` (``start == end``, or a
 window shorter than one period) is one-shot: a single update at ``start`` straight to S.
 """
 from __future__ import annotations
@@ -64,7 +65,13 @@ class Schedule:
     @property
     def first_pruning_step(self) -> int:
         """The first update that prunes anything (update 0 of an iterative schedule is s0)."""
-        return self.start if self.last_index == 0 else self.start + self.frequency
+        return self.start if self.last_index == 0 or self.initial > 0 else self.start + self.frequency
+
+    @property
+    def pruning_steps(self) -> list[int]:
+        """The steps of the updates that prune (all but update 0 when s0 is 0)."""
+        first = 0 if self.last_index == 0 or self.initial > 0 else 1
+        return [self.start + k * self.frequency for k in range(first, self.last_index + 1)]
 
     def update_index(self, step: int) -> int | None:
         """k when ``step`` is an update step, else None."""
@@ -79,8 +86,8 @@ class Schedule:
         return DECAYS[self.decay](self.initial, self.target, index / self.last_index)
 
     def sparsity_at(self, step: int) -> float:
-        """The target of the latest update at or before ``step`` (s0 before the first)."""
+        """The target of the latest update at or before ``step`` (0 before the first)."""
         if step < self.start:
-            return self.initial
+            return 0.0
         index = min((step - self.start) // self.frequency, self.last_index)
         return self.sparsity_at_update(index)

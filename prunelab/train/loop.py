@@ -15,6 +15,7 @@ the distiller, INC's ``compression_manager.callbacks`` ...). Each may implement 
 """
 from __future__ import annotations
 
+import bisect
 import math
 import re
 import signal
@@ -105,6 +106,11 @@ class Trainer:
             num_training_steps=self.total_steps,
         )
         self._registered = False
+
+    def rewind_learning_rate(self, restarts: Sequence[int]) -> None:
+        """Replace the LR schedule: linear decay to 0 from step 0 to the first of ``restarts``,
+        then from each restart (back at the peak) to the next, the last one to the end of training."""
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, RewoundLinear(restarts, self.total_steps))
 
     def fit(
         self,
@@ -282,6 +288,18 @@ class Trainer:
             if sparsity is not None:
                 fields["sparsity"] = f"{sparsity:.3f}"
         return fields
+
+
+class RewoundLinear:
+    """LR factor of ``Trainer.rewind_learning_rate`` at an optimizer step (picklable for checkpoints)."""
+
+    def __init__(self, restarts: Sequence[int], total_steps: int):
+        self.bounds = sorted({0, *(s for s in restarts if 0 < s < total_steps)}) + [total_steps]
+
+    def __call__(self, step: int) -> float:
+        segment = max(bisect.bisect_right(self.bounds, step) - 1, 0)
+        start, end = self.bounds[segment], self.bounds[min(segment + 1, len(self.bounds) - 1)]
+        return max(0.0, (end - step) / max(1, end - start))
 
 
 def _call(callbacks, hook: str, *args) -> None:

@@ -36,10 +36,15 @@ class PruningSteps:
 
 @dataclass
 class IterativeSchedule:
-    """Sparsity rises from 0 to the target over the window along ``sparsity_decay_type``
-    (linear, cos, exp, cube: INC's slow start; cubic: Zhu-Gupta's fast start)."""
+    """Sparsity rises from 0 (or ``initial_sparsity``, reached at the window's first update) to the
+    target over the window along ``sparsity_decay_type`` (linear, cos, exp, cube: INC's slow start;
+    cubic: Zhu-Gupta's fast start). ``lr_rewinding``: the learning rate decays linearly to 0 from
+    step 0 to the first pruning update and from each update to the next (the last: to the end of
+    training), restarting at its peak after every update (oBERT's GMP* and oBERT recipes)."""
 
     sparsity_decay_type: str = "exp"
+    initial_sparsity: float = 0.0
+    lr_rewinding: bool = False
 
     def engine_keys(self, steps: PruningSteps, pruning_frequency: int | None) -> dict:
         if steps.num_train_epochs == 0:
@@ -56,6 +61,7 @@ class IterativeSchedule:
             "end_step": end,
             "pruning_frequency": frequency,
             "sparsity_decay_type": self.sparsity_decay_type,
+            "initial_sparsity": self.initial_sparsity,
         }
 
 
@@ -64,6 +70,8 @@ class OneShotSchedule:
     """The whole target at once, on the first step after ``sparsity_warm_epochs`` (at least step 1,
     so gradient-based criteria have one step of gradients to score); masks then stay. Without
     training (``num_train_epochs=0``), after the gradient passes the criterion needs."""
+
+    lr_rewinding = False  # one update: no learning rate to rewind (not a config key)
 
     def engine_keys(self, steps: PruningSteps, pruning_frequency: int | None) -> dict:
         if steps.num_train_epochs == 0:

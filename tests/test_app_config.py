@@ -112,6 +112,8 @@ def test_every_experiment_preset_composes_and_validates(make_config, name):
     given = ["model.name_or_path=/models/sparse", "distill.teacher=/models/dense"] if name.startswith("pofa") else []
     if name.startswith("bert-mini-squad-") and name != "bert-mini-squad-dense":
         given = ["model.name_or_path=/models/dense"]
+    if name.endswith("-squad-unstructured90") or name == "obert-squad-4block80":
+        given = ["distill.teacher=/models/dense"]
     cfg = check_config(make_config(f"experiment={name}", *given, shrink=False))
     described = _describe(cfg)
     # SQuAD has no task.name: a run names it from the Hydra choice.

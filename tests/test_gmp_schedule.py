@@ -80,3 +80,13 @@ def test_lr_schedule_keys_with_lr_rewinding_on_the_command_line_are_refused(make
     overrides = ["scheduler.lr_rewinding=true", "lr_scheduler_type=cosine"]
     with pytest.raises(ConfigError, match=r"^lr_scheduler_type=cosine: has no effect with scheduler.lr_rewinding=true"):
         check_inert_overrides(make_config(*overrides), overrides)
+
+
+def test_update_every_epochs_sets_the_frequency_in_epochs(make_config):
+    from prunelab.app.stages import engine_config
+
+    cfg = make_config("scheduler.update_every_epochs=2", "num_train_epochs=10", "sparsity_warm_epochs=1", "cooldown_epochs=2")
+    keys = engine_config(cfg, steps_per_epoch=230)
+    assert (keys["start_step"], keys["end_step"], keys["pruning_frequency"]) == (230, 8 * 230 - 1, 460)
+    with pytest.raises(ConfigError, match=r"^pruning_frequency=5 and scheduler.update_every_epochs=2 both say"):
+        engine_config(make_config("scheduler.update_every_epochs=2", "pruning_frequency=5"), steps_per_epoch=230)

@@ -6,6 +6,7 @@ training; the result is the engine's ``start_step``/``end_step``/``pruning_frequ
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from prunelab.errors import ConfigError
 
@@ -45,6 +46,7 @@ class IterativeSchedule:
     sparsity_decay_type: str = "exp"
     initial_sparsity: float = 0.0
     lr_rewinding: bool = False
+    update_every_epochs: Optional[float] = None
 
     def engine_keys(self, steps: PruningSteps, pruning_frequency: int | None) -> dict:
         if steps.num_train_epochs == 0:
@@ -55,6 +57,15 @@ class IterativeSchedule:
                 f"sparsity_warm_epochs={steps.sparsity_warm_epochs} + cooldown_epochs={steps.cooldown_epochs}: "
                 f"leave no pruning steps within num_train_epochs={steps.num_train_epochs}"
             )
+        if pruning_frequency is not None and self.update_every_epochs is not None:
+            raise ConfigError(
+                f"pruning_frequency={pruning_frequency} and scheduler.update_every_epochs={self.update_every_epochs} "
+                "both say how often masks are updated; keep one"
+            )
+        if self.update_every_epochs is not None:
+            if not self.update_every_epochs > 0:
+                raise ConfigError(f"scheduler.update_every_epochs={self.update_every_epochs}: must be > 0 (null: pruning_frequency)")
+            pruning_frequency = max(1, round(self.update_every_epochs * steps.steps_per_epoch))
         frequency = pruning_frequency or max(1, (end - start + 1) // AUTO_UPDATES)
         return {
             "start_step": start,

@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 from accelerate import Accelerator  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
+from prunelab.train.hook_timer import HookTimer  # noqa: E402
 from prunelab.train.loop import Trainer, TrainConfig  # noqa: E402
 
 SEED = 42  # the recipes' seed: the dense start point's, and the one pruning rows carry no suffix for
@@ -75,29 +76,6 @@ def pruned_ops_sparsity(model: torch.nn.Module, excluded: list[str]) -> float:
             zeros += int((module.weight == 0).sum())
             total += module.weight.numel()
     return zeros / total
-
-
-class HookTimer:
-    """Forwards the pruning hooks and adds up the seconds spent inside them: the pruner's own cost,
-    which epoch wall times (they move by 15% between runs on a shared machine) cannot resolve."""
-
-    def __init__(self, callbacks) -> None:
-        self.callbacks = callbacks
-        self.seconds = 0.0
-
-    def __getattr__(self, name: str):
-        attribute = getattr(self.callbacks, name)
-        if not name.startswith("on_"):
-            return attribute
-
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return attribute(*args, **kwargs)
-            finally:
-                self.seconds += time.perf_counter() - start
-
-        return timed
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ def test_gradual_obs_run_reaches_its_target(make_config, tmp_path, pattern, targ
     run(cfg, tmp_path)
     summary = _summary(tmp_path)
     assert summary["status"] == "completed" and summary["pruning_type"] == "obs"
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all(line["pruning_s"] > 0 for line in lines)  # the hooks' own time, per epoch
     assert summary["sparsity"]["pruned_ops_sparsity"] == target
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model")
     weight = model.bert.encoder.layer[0].intermediate.dense.weight

@@ -27,6 +27,7 @@ from prunelab.errors import ConfigError
 from prunelab.outputs import METRICS, RunSummary, append_jsonl, save_model
 from prunelab.train.checkpointing import CHECKPOINTS, CheckpointPolicy
 from prunelab.train.evaluation import predict
+from prunelab.train.hook_timer import HookTimer
 from prunelab.train.interrupts import StopOnSignal
 from prunelab.train.loop import Evaluation, Trainer, TrainConfig
 from prunelab.train.pruning_window import PruningSteps
@@ -60,6 +61,7 @@ class RunState:
     callbacks: list = field(default_factory=list)
     pruning: Any = None
     gradient_steps: int = 0  # num_train_epochs=0: gradient passes before the one-shot prune
+    hook_timer: HookTimer | None = None  # the pruning engine as the loop sees it, timed
     measurement: Any = None
     quantization: Any = None
     quantized: Any = None
@@ -162,7 +164,8 @@ def setup_training(state: RunState) -> None:
         state.trainer.rewind_learning_rate(state.pruning.pruning_steps())
     state.gradient_steps = config["start_step"] if cfg.do_prune and cfg.num_train_epochs == 0 else 0
     state.measurement = state.pruning or _dense_measurement(config, state.model)
-    state.callbacks = [c for c in (distiller, state.pruning) if c is not None]
+    state.hook_timer = HookTimer(state.pruning) if state.pruning is not None else None
+    state.callbacks = [c for c in (distiller, state.hook_timer) if c is not None]
 
 
 def fit(state: RunState) -> None:
@@ -176,6 +179,8 @@ def fit(state: RunState) -> None:
         if accelerator.is_main_process:
             record = {"epoch": evaluation.epoch, "step": evaluation.step, **evaluation.metrics}
             record["sparsity"] = state.measurement.report()["pruned_ops_sparsity"]
+            if state.hook_timer is not None:
+                record["pruning_s"] = round(state.hook_timer.lap(), 3)  # inside the pruning hooks since the last line
             append_jsonl(out / METRICS, record)
 
     state.final = state.trainer.fit(

@@ -2,8 +2,9 @@
 
 An op's weights, flattened so that every pruning unit is contiguous, are cut into blocks of B
 coordinates; the Fisher is block-diagonal, ``F = damp * I + (1/m) sum_i g_i g_i^T`` per block over
-m gradients, and is kept as its inverse, updated with one Sherman-Morrison (rank-1 Woodbury) step
-per gradient. Every function works on all blocks of an op at once (``[blocks, B, B]``); nothing
+m gradients, and is kept as its inverse, updated by Woodbury's identity as gradients arrive (a
+rank-k step for k gradients is exactly k rank-1 Sherman-Morrison steps). Every function works on
+all blocks of an op at once (``[blocks, B, B]``); nothing
 loops over blocks or weights. Pure tensor functions: no state, no modules.
 
 For a unit Q (coordinates of one block):
@@ -25,13 +26,17 @@ def damped_inverse(blocks: int, block_size: int, damp: float, device: torch.devi
     return eye.expand(blocks, block_size, block_size).contiguous()
 
 
-def add_gradient(inverse: torch.Tensor, grad: torch.Tensor, count: int) -> None:
-    """Add ``g g^T / count`` to every block's Fisher, in place on its inverse (Sherman-Morrison):
-    ``F^-1 <- F^-1 - (F^-1 g)(F^-1 g)^T / (count + g^T F^-1 g)``. ``grad``: ``[blocks, B]``."""
-    g = grad.to(torch.float32).unsqueeze(2)
-    projected = torch.bmm(inverse, g)  # F^-1 g, [blocks, B, 1]
-    denominator = torch.bmm(g.transpose(1, 2), projected).add_(count)  # [blocks, 1, 1]
-    inverse.baddbmm_(projected, projected.transpose(1, 2).div(denominator), alpha=-1)
+def add_gradients(inverse: torch.Tensor, grads: torch.Tensor, count: int) -> None:
+    """Add ``sum_i g_i g_i^T / count`` over k gradients to every block's Fisher, in place on its
+    inverse (Woodbury): ``F^-1 <- F^-1 - U (count I + G^T U)^-1 U^T`` with ``U = F^-1 G``.
+    ``grads``: ``[blocks, B, k]``. The same as k rank-1 (Sherman-Morrison) steps, but reading the
+    inverses once per k gradients instead of once per gradient (they are far larger than a cache).
+    """
+    g = grads.to(torch.float32)
+    projected = torch.bmm(inverse, g)  # U = F^-1 G, [blocks, B, k]
+    small = torch.bmm(g.transpose(1, 2), projected)  # G^T F^-1 G, [blocks, k, k]
+    small.diagonal(dim1=1, dim2=2).add_(count)
+    inverse.baddbmm_(projected, torch.linalg.solve(small, projected.transpose(1, 2)), alpha=-1)
 
 
 def unit_scores(inverse: torch.Tensor, weight: torch.Tensor, unit: int) -> torch.Tensor:

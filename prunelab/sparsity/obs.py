@@ -4,7 +4,7 @@ Where the gradients come from: the training steps themselves. Each mask update i
 ``num_recomputations`` sub-updates ``num_grads`` optimizer steps apart, ending at the update's
 step; the gradients of the ``num_grads`` steps before a sub-update (after clipping, all-reduced
 under data parallelism, so every process builds the same Fisher and the same masks) build a fresh
-block-diagonal Fisher inverse (``fisher.add_gradient``), which scores the units and moves the kept
+block-diagonal Fisher inverse (``fisher.add_gradients``, 16 gradients at a time), which scores the units and moves the kept
 weights when they are pruned, and is then dropped. This costs no extra forward or backward pass:
 the price is the Woodbury updates inside those windows and one B x B Cholesky per block per
 sub-update. A prune without training (``num_train_epochs=0`` in the app) runs the gradient steps
@@ -29,6 +29,9 @@ from prunelab.sparsity.patterns import BlockPattern, NInMPattern
 from prunelab.sparsity.pruner import PrunedOp, PruningGroup
 
 _GIB = 2**30
+# Gradients folded into the inverses at once: a rank-16 Woodbury step reads the inverses once for
+# 16 gradients (measured ~7x less time per gradient than rank-1 on CPU; rank 32 was slower again).
+GRADIENT_CHUNK = 16
 DEFAULT_BLOCK = 50
 
 
@@ -43,6 +46,8 @@ class ObsGroup(PruningGroup):
         self.settings = config.obs_settings
         self.num_grads, self.recomputations = obs_window(config)
         self.block_sizes = {op.name: self._block_size(op) for op in self.ops}
+        # Gradients seen but not yet in the inverse (at most GRADIENT_CHUNK - 1 per op), flat [blocks, B].
+        self._pending: dict[str, list[torch.Tensor]] = {}
         self._check_memory()
 
     def _block_size(self, op: PrunedOp) -> int:
@@ -98,10 +103,11 @@ class ObsGroup(PruningGroup):
         return sum(fisher.inverse_bytes(op.numel, self.block_sizes[op.name]) for op in self.ops)
 
     def peak_bytes(self) -> int:
-        """``fisher_bytes`` plus the largest op's temporaries of a sub-update (its B x B systems
-        and their Cholesky factors) and a copy of the weights."""
+        """``fisher_bytes`` plus the pending gradients, the largest op's temporaries of a
+        sub-update (its B x B systems and their Cholesky factors) and a copy of the weights."""
         largest = max((fisher.inverse_bytes(op.numel, self.block_sizes[op.name]) for op in self.ops), default=0)
-        return self.fisher_bytes() + 2 * largest + sum(op.numel for op in self.ops) * fisher.BYTES
+        weights = sum(self._blocks(op) * self.block_sizes[op.name] for op in self.ops) * fisher.BYTES
+        return self.fisher_bytes() + 2 * largest + GRADIENT_CHUNK * weights
 
     def _check_memory(self) -> None:
         if not self.ops:
@@ -164,7 +170,16 @@ class ObsGroup(PruningGroup):
             if op.state is None:
                 size = self.block_sizes[op.name]
                 op.state = fisher.damped_inverse(self._blocks(op), size, self.settings.damp, op.weight.device)
-            fisher.add_gradient(op.state, self._flat(op, op.view.to_2d(op.weight.grad)), self.num_grads)
+            pending = self._pending.setdefault(op.name, [])
+            pending.append(self._flat(op, op.view.to_2d(op.weight.grad)))
+            if len(pending) == GRADIENT_CHUNK:
+                self._flush(op)
+
+    def _flush(self, op: PrunedOp) -> None:
+        """Fold ``op``'s pending gradients into its inverse in one rank-k step."""
+        pending = self._pending.pop(op.name, None)
+        if pending:
+            fisher.add_gradients(op.state, torch.stack(pending, dim=2), self.num_grads)
 
     # ------------------------------------------------------------------------ mask updates
     @torch.no_grad()
@@ -175,6 +190,8 @@ class ObsGroup(PruningGroup):
                 f"pruning group {self.index} (obs): no gradients reached {missing[0]} in the {self.num_grads} steps "
                 f"before the mask update at step {step}; obs needs on_before_optimizer_step() after loss.backward()"
             )
+        for op in self.ops:
+            self._flush(op)
         before = [self._flat(op, op.view.to_2d(op.weight)) for op in self.ops] if self.settings.update_weights else None
         super().update_masks(sparsity, step)
         if before is not None:
@@ -196,6 +213,19 @@ class ObsGroup(PruningGroup):
             block_rows, block_cols = self.pattern.block(op.view.rows, op.view.cols)
             state = scores[: op.units].view(op.view.rows // block_rows, op.view.cols // block_cols)
         return self.pattern.unit_scores(state, op.view.to_2d(op.mask), out)
+
+
+    # -------------------------------------------------------------------------- checkpoint
+    def _op_state(self, op: PrunedOp) -> dict:
+        pending = self._pending.get(op.name)
+        return {**super()._op_state(op), "pending": None if not pending else torch.stack(pending).cpu()}
+
+    def _load_op(self, op: PrunedOp, entry: dict) -> None:
+        super()._load_op(op, entry)
+        pending = entry.get("pending")
+        self._pending.pop(op.name, None)
+        if pending is not None:
+            self._pending[op.name] = list(pending.to(op.weight.device).unbind(0))
 
 
 def _free_bytes(device: torch.device) -> int | None:

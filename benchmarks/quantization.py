@@ -1,8 +1,8 @@
 """CPU speed, accuracy proxy and size of int8 BERT-mini against fp32 (prints JSON + a table).
 
-    OMP_NUM_THREADS=1 python -m prunelab.quant.benchmark --threads 1
-    python -m prunelab.quant.benchmark --threads 2 --candidates   # + torchao / ONNX Runtime / NNCF if installed
-    OMP_NUM_THREADS=1 python -m prunelab.quant.benchmark --sizes --shape minilm-l6   # size + error only, no timing
+    OMP_NUM_THREADS=1 python benchmarks/quantization.py --threads 1
+    python benchmarks/quantization.py --threads 2 --candidates   # + torchao / ONNX Runtime / NNCF if installed
+    OMP_NUM_THREADS=1 python benchmarks/quantization.py --sizes --shape minilm-l6   # size + error only, no timing
 
 Model: BERT-mini shape built from config (hidden 256, 4 layers, 4 heads, intermediate 1024,
 vocab 30522; ``--shape minilm-l6``: hidden 384, 6 layers, 12 heads, intermediate 1536), random weights, encoder Linear layers pruned 2:4 by magnitude, classifier scaled so
@@ -73,8 +73,12 @@ def prunelab_candidates(model, inputs, calibration, threads):
 
 def other_candidates(model, inputs, calibration, threads):
     """The libraries compared before choosing OpenVINO; each is skipped when not installed."""
+    with tempfile.TemporaryDirectory() as work:  # ONNX Runtime sessions hold their models once made
+        return _other_candidates(model, inputs, calibration, threads, work)
+
+
+def _other_candidates(model, inputs, calibration, threads, work: str) -> dict:
     found = {}
-    work = tempfile.mkdtemp()
     feed = {k: v.numpy() for k, v in inputs.items()}
     try:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_

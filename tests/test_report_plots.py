@@ -1,16 +1,20 @@
-"""Plots of the sweep report: the layer x op grid behind the heat map, and the PNG files."""
+"""Plots of the sweep report: the layer x op grid behind the heat map, what each plot shows (read back
+from its matplotlib Figure), and the PNG files."""
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
+import matplotlib.colors
 import matplotlib.image
 import numpy as np
 import pytest
 
 from prunelab.report.grouping import Group, Row
 from prunelab.report.jobs import COMPLETED, Job
-from prunelab.report.plots import EXCLUDED, op_sparsity_grid, plot_op_sparsity, slug, write_plots
+from prunelab.report.plots import (EXCLUDED, metric_vs_sparsity_figure, op_sparsity_figure, op_sparsity_grid,
+                                   plot_op_sparsity, slug, write_plots)
 
 
 def _ops(names_and_sparsity: dict[str, float]) -> dict[str, dict]:
@@ -57,24 +61,71 @@ def _group(do_prune: bool, pattern: str | None, target: float | None, metrics: l
     return group
 
 
-def _png_shape(path: Path) -> tuple[int, ...]:
-    assert path.is_file() and path.stat().st_size > 1000
-    return matplotlib.image.imread(path).shape
-
-
-def test_write_plots_makes_one_curve_plot_and_a_heat_map_per_sparse_row(tmp_path: Path):
+def _sweep(tmp_path: Path) -> list[Row]:
+    """4x1 at 0.5 and 0.8 (two seeds each), 2:4 at 0.5 (one seed), all beside a dense pair (0.80, 0.82)."""
     dense = _group(False, None, None, [0.80, 0.82], tmp_path)
     rows = [Row(_group(True, "4x1", target, [0.8 - target / 4, 0.81 - target / 4], tmp_path), dense)
             for target in (0.5, 0.8)]
     rows.append(Row(_group(True, "2:4", 0.5, [0.79], tmp_path), dense))
+    return rows
+
+
+def test_metric_vs_sparsity_draws_a_line_per_pattern_through_the_seed_means(tmp_path: Path):
+    ax = metric_vs_sparsity_figure(_sweep(tmp_path)).axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines) == ["4x1 (mean)", "2:4 (mean)", "dense (mean, n=2)"]
+    # x: measured Linear/Conv sparsity (0.9 x target in these summaries); y: the seeds' mean metric.
+    np.testing.assert_allclose(lines["4x1 (mean)"].get_xydata(), [[0.45, (0.675 + 0.685) / 2], [0.72, (0.6 + 0.61) / 2]])
+    np.testing.assert_allclose(lines["2:4 (mean)"].get_xydata(), [[0.45, 0.79]])
+    np.testing.assert_allclose(lines["dense (mean, n=2)"].get_ydata(), [0.81, 0.81])
+    # Every seed a dot, in its pattern's colour.
+    dots = ax.collections
+    assert len(dots) == 2
+    np.testing.assert_allclose(dots[0].get_offsets(), [[0.45, 0.675], [0.45, 0.685], [0.72, 0.6], [0.72, 0.61]])
+    np.testing.assert_allclose(dots[1].get_offsets(), [[0.45, 0.79]])
+    for collection, line in zip(dots, lines.values()):
+        assert matplotlib.colors.same_color(collection.get_facecolor()[0][:3], line.get_color())
+    assert (ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) == (
+        "tiny on mrpc", "measured sparsity of Linear/Conv weights", "accuracy")
+    assert [text.get_text() for text in ax.get_legend().get_texts()] == list(lines)
+
+
+def test_heat_map_shows_each_op_s_sparsity_in_its_layer_row(tmp_path: Path):
+    summary = _group(True, "4x1", 0.5, [0.7], tmp_path).runs[0].summary  # layer 0 at 0.25, layer 1 at 0.5
+    summary["sparsity"]["unpruned_ops"] = ["classifier"]
+    fig = op_sparsity_figure(summary)
+    ax, colorbar = fig.axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["attention.self.query", "output.dense", "classifier"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1", "other"]
+    shown = ax.get_images()[0].get_array()
+    # Cells without an op, and the excluded classifier, are masked (drawn grey).
+    np.testing.assert_array_equal(shown.mask, [[False, False, True], [False, False, True], [True, True, True]])
+    np.testing.assert_array_equal(shown.data[:2, :2], [[0.25, 0.25], [0.5, 0.5]])
+    assert ax.get_images()[0].get_clim() == (0.0, 1.0)
+    labels = {(text.get_position(), text.get_text()) for text in ax.texts}
+    assert labels == {((0, 0), "0.25"), ((1, 0), "0.25"), ((0, 1), "0.50"), ((1, 1), "0.50"), ((2, 2), "excl.")}
+    assert ax.get_title() == "tiny mrpc 4x1 target 0.5 seed 0\nlinear/conv sparsity 0.4500, pruned ops 0.5000"
+    assert (ax.get_xlabel(), ax.get_ylabel(), colorbar.get_ylabel()) == (
+        "op (layer prefix stripped)", "layer", "sparsity (zeros / weights)")
+
+
+def _rendered(fig) -> np.ndarray:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    buffer.seek(0)
+    return matplotlib.image.imread(buffer, format="png")
+
+
+def test_write_plots_writes_one_curve_plot_and_a_heat_map_per_sparse_row(tmp_path: Path):
+    rows = _sweep(tmp_path)
     paths = write_plots(rows, tmp_path)
     assert [path.name for path in paths] == [
         "metric_vs_sparsity_tiny_mrpc.png", "op_sparsity_tiny_mrpc_4x1_0.5.png",
         "op_sparsity_tiny_mrpc_4x1_0.8.png", "op_sparsity_tiny_mrpc_2-4_0.5.png"]
-    height, width, _ = _png_shape(paths[0])
-    assert height > 300 and width > 500
-    heat_height, _, _ = _png_shape(paths[1])
-    assert heat_height > 150
+    # Each file is its figure: the curves of the whole family, the heat map of the row's first seed.
+    figures = [metric_vs_sparsity_figure(rows)] + [op_sparsity_figure(row.sparse.runs[0].summary) for row in rows]
+    for path, fig in zip(paths, figures):
+        np.testing.assert_array_equal(matplotlib.image.imread(path), _rendered(fig))
 
 
 def test_heat_map_of_a_summary_without_ops_is_a_clear_error(tmp_path: Path):

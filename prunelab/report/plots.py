@@ -1,4 +1,7 @@
-"""PNG plots of a sweep: metric vs sparsity per pattern, and where one run put its zeros."""
+"""PNG plots of a sweep: metric vs sparsity per pattern, and where one run put its zeros.
+
+Each plot is a ``*_figure`` function returning the matplotlib Figure (what it shows can be read
+back) and a ``plot_*`` function writing it as a PNG."""
 from __future__ import annotations
 
 import math
@@ -53,6 +56,12 @@ def op_sparsity_grid(ops: dict[str, dict], unpruned_ops: list[str]) -> tuple[lis
 
 
 def plot_op_sparsity(summary: dict, path: Path) -> Path:
+    """``op_sparsity_figure`` written as a PNG at ``path``."""
+    op_sparsity_figure(summary).savefig(path, dpi=110)
+    return path
+
+
+def op_sparsity_figure(summary: dict) -> Figure:
     """Heat map of one run's per-op sparsity: layer index down, op name across."""
     sparsity = summary["sparsity"]
     rows, columns, grid = op_sparsity_grid(sparsity["ops"], sparsity.get("unpruned_ops", []))
@@ -79,11 +88,16 @@ def plot_op_sparsity(summary: dict, path: Path) -> Path:
         f"linear/conv sparsity {sparsity.get(RATIO, math.nan):.4f}, "
         f"pruned ops {sparsity.get('pruned_ops_sparsity', math.nan):.4f}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
+    return fig
 
 
 def plot_metric_vs_sparsity(rows: list[Row], path: Path) -> Path:
+    """``metric_vs_sparsity_figure`` written as a PNG at ``path``."""
+    metric_vs_sparsity_figure(rows).savefig(path, dpi=110)
+    return path
+
+
+def metric_vs_sparsity_figure(rows: list[Row]) -> Figure:
     """Main metric against measured sparsity for the rows of one model and task: a line per
     pattern through the seed means (seeds as dots), the dense mean as a horizontal line."""
     first = rows[0].main
@@ -107,8 +121,7 @@ def plot_metric_vs_sparsity(rows: list[Row], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
+    return fig
 
 
 def write_plots(rows: list[Row], out_dir: Path) -> list[Path]:

@@ -6,7 +6,7 @@ config folders with ``--config-dir DIR`` or ``hydra.searchpath=[file://DIR]``.
 
 What the user can fix ends the command with one line on stderr and no traceback:
 
-- a bad override, an unknown key or group option, a bad config value:
+- a bad option or override, an unknown key or group option, a bad config value:
   ``prunelab: error: <what>: <why>``, exit code 2;
 - a sweep whose override every job would ignore (``-m do_prune=false pattern=4x1,2:4``): the same
   line before any job starts, exit code 2;
@@ -89,6 +89,7 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     # Hydra's argparse takes no option between overrides: `prunelab a=1 -m b=1,2` would fail.
     sys.argv[1:] = sorted(sys.argv[1:], key=lambda arg: arg not in MULTIRUN_FLAGS)
+    _check_command_line(sys.argv[1:])
     try:
         _job()
     except RunInterrupted as stop:
@@ -115,6 +116,15 @@ def main() -> None:
     outcome = sweep_failures.take_outcome()
     if outcome is not None and outcome.line:
         _fail(outcome.line, EXIT_CONFIG)
+
+
+def _check_command_line(argv: list[str]) -> None:
+    """Hydra's own parser, run first so that an unknown option is one line (Hydra prints its usage)."""
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+    parser.error = lambda message: _fail(f"prunelab: error: {message} (see prunelab --help)", EXIT_CONFIG)
+    parser.parse_args(argv)
 
 
 def hydra_error_line(error: Exception, argv: list[str]) -> str:

@@ -1,14 +1,16 @@
 """``python -m prunelab.export RUN_DIR``: compact a saved run's model, export it to ONNX, measure.
 
 Writes ``RUN_DIR/export/`` (``model/``, ``model.onnx``, ``export.json``); see docs/compaction.md.
-Exit codes: 0 done, 1 the export failed its logit check or could not run, 2 bad arguments.
+Exit codes: 0 done, 1 the export failed its logit check or could not run, 2 bad arguments (a
+RUN_DIR without a saved model included), each error one line.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from prunelab.export.run_dir import ExportError, export_run
+from prunelab.export.run_dir import ExportError, export_run, model_dir_of
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -36,6 +38,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo", help="torch.onnx exporter")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export and ONNX Runtime checks")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed max |logit difference|")
+    # One line, as for every other bad input, instead of argparse's usage block.
+    p.error = lambda message: p.exit(2, f"{p.prog}: error: {message} (see --help)\n")
     return p
 
 
@@ -43,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.runs < 0 or args.seq_len < 2 or args.threads < 1:
         print("prunelab.export: --runs must be >= 0, --seq-len >= 2, --threads >= 1", file=sys.stderr)
+        return 2
+    try:
+        model_dir_of(Path(args.run_dir))  # bad input, told apart from an export that fails (exit 1)
+    except ExportError as error:
+        print(f"prunelab.export: error: {error}", file=sys.stderr)
         return 2
     try:
         report = export_run(

@@ -17,6 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep_dirs", nargs="+", type=Path, help="sweep dirs, parents of sweep dirs, or job dirs")
     parser.add_argument("--out", type=Path, default=None, help="where to write the report (default: first sweep dir)")
     parser.add_argument("--no-plots", action="store_true", help="write only results.md and results.csv")
+    # One line, as for every other bad input, instead of argparse's usage block.
+    parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message} (see --help)\n")
     args = parser.parse_args(argv)
     try:
         report = build_report(args.sweep_dirs, args.out, plots=not args.no_plots)

@@ -1,0 +1,62 @@
+"""Defects found by probing the command lines as a new user would (issue 28): each bad input is one
+line and exit code 2, whatever the entry point; nothing a run wrote is lost."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prunelab.export.__main__ import main as export_main
+from prunelab.report.__main__ import main as report_main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args: str, module: str = "prunelab", cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _one_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def _one_line_err(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err.strip()
+
+
+def test_prunelab_bad_option_is_one_line():
+    assert _one_line(_cli("--foo")) == "prunelab: error: unrecognized arguments: --foo (see prunelab --help)"
+
+
+def test_export_missing_dir_and_bad_args_are_one_line_exit_2(tmp_path, capsys):
+    assert export_main([str(tmp_path / "nowhere")]) == 2
+    assert _one_line_err(capsys).startswith(f"prunelab.export: error: {tmp_path / 'nowhere'}: no saved model")
+    assert export_main([str(tmp_path)]) == 2  # a directory without a saved model
+    assert "no saved model" in _one_line_err(capsys)
+    for argv in ([], [str(tmp_path), "--runs", "x"], [str(tmp_path), "--bogus"]):
+        with pytest.raises(SystemExit) as exit_:
+            export_main(argv)
+        assert exit_.value.code == 2
+        assert _one_line_err(capsys).startswith("python -m prunelab.export: error: ")
+
+
+def test_report_missing_dir_and_bad_args_are_one_line_exit_2(tmp_path, capsys):
+    assert report_main([str(tmp_path / "nowhere")]) == 2
+    assert _one_line_err(capsys).startswith("python -m prunelab.report: error: sweep dir ")
+    for argv in ([], [str(tmp_path), "--bogus"]):
+        with pytest.raises(SystemExit) as exit_:
+            report_main(argv)
+        assert exit_.value.code == 2
+        assert _one_line_err(capsys).startswith("python -m prunelab.report: error: ")

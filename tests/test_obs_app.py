@@ -83,7 +83,7 @@ def test_obs_without_training_moves_kept_weights_and_improves_on_magnitude(make_
     [
         (("num_train_epochs=0", "pruner=obs"), "num_train_epochs=0 prunes once without training: use scheduler=oneshot"),
         (("num_train_epochs=0", "scheduler=oneshot", "distill=kd"), "distill: a distiller has no effect with num_train_epochs=0"),
-        (("num_train_epochs=0", "scheduler=oneshot", "quant=qat"), "quant=qat: has no effect with num_train_epochs=0"),
+        (("num_train_epochs=0", "scheduler=oneshot", "quant=qat"), "quant: quantization-aware training has no effect with num_train_epochs=0"),
         (("num_train_epochs=0", "scheduler=oneshot", "checkpointing_steps=epoch"), "checkpointing_steps=epoch: has no effect"),
         (("pruner=obs", "pattern=head"), "does not prune coupled units"),
         (("pruner=obs", "pattern=4x1", "pruning.obs.block_size=50"), "obs.block_size=50 must be a multiple"),

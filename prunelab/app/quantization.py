@@ -1,6 +1,7 @@
-"""The ``quant`` config group: what the run does with ``prunelab.quant``.
+"""The ``quant`` config group: what the run does with ``prunelab.quant``, one class per option.
 
-``none`` leaves the model float. ``dynamic`` and ``static`` quantize the trained model after
+The stages read what each declares (``enabled``, ``trains``, ``converts_compacted``), never its
+name. ``none`` leaves the model float. ``dynamic`` and ``static`` quantize the trained model after
 training; ``qat`` fake-quantizes it for the whole fine-tune (set up before the pruning engine and
 the optimizer) and converts it to int8 after. The int8 model is evaluated on the same eval set and
 saved to ``<run dir>/quantized/``.
@@ -29,72 +30,121 @@ VERIFY_ATOL = 1e-5
 
 
 @dataclass
-class Quantization:
-    """approach: none | dynamic | static | qat; num_calibration_samples: training examples whose
-    activations set the int8 input ranges (static only); op_names / excluded_op_names: regexes of
-    the Linear layers made int8 (default: every Linear); num_threads: CPU threads of the int8
-    model (null: OpenVINO's default)."""
+class NoQuantization:
+    """quant=none: the model stays float."""
 
-    approach: str = "none"
-    num_calibration_samples: int | None = None
+    enabled = False  # makes an int8 model
+    trains = False  # changes training (fake quantization from the first step)
+    converts_compacted = False  # can make the int8 model of a compacted export
+    approach = "none"
+
+    def prepare(self, model: torch.nn.Module) -> None:
+        """Nothing to set up."""
+
+    def release(self, model: torch.nn.Module) -> None:
+        """Nothing to take off."""
+
+
+@dataclass
+class _AfterTraining:
+    """Post-training int8 (dynamic, static): op_names / excluded_op_names: regexes of the Linear
+    layers made int8 (default: every Linear); num_threads: CPU threads of the int8 model (null:
+    OpenVINO's default)."""
+
     op_names: list[str] = field(default_factory=list)
     excluded_op_names: list[str] = field(default_factory=list)
     num_threads: int | None = None
 
-    def __post_init__(self):
-        allowed = ("none", *quant.APPROACHES)
-        if self.approach not in allowed:
-            raise ConfigError(f"quant.approach={self.approach}: allowed {', '.join(allowed)}")
-        if self.approach == "static":
-            if self.num_calibration_samples is None or self.num_calibration_samples <= 0:
-                raise ConfigError(
-                    f"quant.num_calibration_samples={self.num_calibration_samples}: static quantization needs a "
-                    "positive number of training examples to calibrate on"
-                )
-        elif self.num_calibration_samples is not None:
-            raise ConfigError(
-                f"quant.num_calibration_samples={self.num_calibration_samples}: has no effect with "
-                f"quant={self.approach} (only static calibrates)"
-            )
-        try:
-            check_num_threads(self.num_threads)
-        except ConfigError as error:
-            raise ConfigError(f"quant.{error}") from None
-        if self.approach == "none" and (self.op_names or self.excluded_op_names or self.num_threads):
-            raise ConfigError("quant.op_names / excluded_op_names / num_threads: have no effect with quant=none")
-        if self.enabled:
-            try:
-                backend.check_backend_can(self.approach)
-            except ImportError as error:
-                raise ConfigError(f"quant={self.approach}: {error}") from None
+    enabled = True
+    trains = False
+    converts_compacted = True  # any float model, the compacted one too
+    approach = ""  # prunelab.quant's name of the approach
 
-    @property
-    def enabled(self) -> bool:
-        return self.approach != "none"
+    def __post_init__(self):
+        _check_threads_and_backend(self.num_threads, self.approach)
 
     def prepare(self, model: torch.nn.Module) -> None:
-        """Before the pruning engine and the optimizer: the layer choice checked now, not after
-        training; fake quantization for ``qat``."""
-        if not self.enabled:
-            return
+        """Before training: the layer choice checked now, not after training."""
         require_linears(model, self.op_names, self.excluded_op_names, key_prefix="quant.")
-        if self.approach == "qat":
-            quant.prepare_qat(model, op_names=self.op_names, excluded_op_names=self.excluded_op_names)
 
     def convert(self, model: torch.nn.Module, calibration: DataLoader) -> quant.QuantizedModel:
         """The int8 model; ``calibration`` yields training batches in a fixed order."""
-        batches = islice(calibration, None) if self.approach == "static" else None
-        layers = {} if self.approach == "qat" else {"op_names": self.op_names, "excluded_op_names": self.excluded_op_names}
-        return quant.quantize(
-            model, self.approach, batches, num_calibration_samples=self.num_calibration_samples,
-            example_batch=None if batches is not None else next(iter(calibration)), num_threads=self.num_threads,
-            **layers,
-        )
+        return quant.quantize(model, self.approach, None, example_batch=next(iter(calibration)),
+                              num_threads=self.num_threads, op_names=self.op_names, excluded_op_names=self.excluded_op_names)
+
+    def release(self, model: torch.nn.Module) -> None:
+        """Nothing to take off: training ran on the float model."""
+
+
+@dataclass
+class DynamicQuantization(_AfterTraining):
+    """quant=dynamic: int8 weights; Linear inputs quantized at run time."""
+
+    approach = "dynamic"
+
+
+@dataclass
+class StaticQuantization(_AfterTraining):
+    """quant=static: int8 weights and inputs, input ranges calibrated on the first
+    ``num_calibration_samples`` training examples."""
+
+    num_calibration_samples: int = 256
+
+    approach = "static"
+
+    def __post_init__(self):
+        if self.num_calibration_samples <= 0:
+            raise ConfigError(
+                f"quant.num_calibration_samples={self.num_calibration_samples}: static quantization needs a "
+                "positive number of training examples to calibrate on"
+            )
+        super().__post_init__()
+
+    def convert(self, model: torch.nn.Module, calibration: DataLoader) -> quant.QuantizedModel:
+        return quant.quantize(model, self.approach, islice(calibration, None),
+                              num_calibration_samples=self.num_calibration_samples, num_threads=self.num_threads,
+                              op_names=self.op_names, excluded_op_names=self.excluded_op_names)
+
+
+@dataclass
+class QuantizationAwareTraining:
+    """quant=qat: fake quantization of the chosen Linear layers for the whole fine-tune (set up
+    before the pruning engine and the optimizer), converted to int8 after it. Its int8 ranges are
+    learnt in the layers as trained, so a compacted export is not re-quantized."""
+
+    op_names: list[str] = field(default_factory=list)
+    excluded_op_names: list[str] = field(default_factory=list)
+    num_threads: int | None = None
+
+    enabled = True
+    trains = True
+    converts_compacted = False
+    approach = "qat"
+
+    def __post_init__(self):
+        _check_threads_and_backend(self.num_threads, self.approach)
+
+    def prepare(self, model: torch.nn.Module) -> None:
+        require_linears(model, self.op_names, self.excluded_op_names, key_prefix="quant.")
+        quant.prepare_qat(model, op_names=self.op_names, excluded_op_names=self.excluded_op_names)
+
+    def convert(self, model: torch.nn.Module, calibration: DataLoader) -> quant.QuantizedModel:
+        return quant.quantize(model, self.approach, None, example_batch=next(iter(calibration)), num_threads=self.num_threads)
 
     def release(self, model: torch.nn.Module) -> None:
         """After conversion: plain Linear layers again, so the float model saves as a stock one."""
-        if self.approach == "qat":
-            quant.strip_qat(model)
+        quant.strip_qat(model)
+
+
+def _check_threads_and_backend(num_threads: int | None, approach: str) -> None:
+    try:
+        check_num_threads(num_threads)
+    except ConfigError as error:
+        raise ConfigError(f"quant.{error}") from None
+    try:
+        backend.check_backend_can(approach)
+    except ImportError as error:
+        raise ConfigError(f"quant={approach}: {error}") from None
 
 
 def check_reload(directory: Path, quantized: quant.QuantizedModel, batches) -> None:

@@ -140,7 +140,8 @@ def check_config(cfg: DictConfig) -> DictConfig:
 def check_inert_overrides(cfg: DictConfig, overrides: list[str]) -> None:
     """``ConfigError`` for the first command-line override that every run of the command would
     ignore: pruning keys of a dense run (do_prune=false), schedule and target keys of
-    pruner=pattern_lock, latency inputs of an export that measures no latency.
+    pruner=pattern_lock, latency inputs of an export that measures no latency, verify_loading
+    without save_model, checkpoints_to_keep without checkpointing_steps.
 
     ``overrides``: a single run's, or a sweep's as typed (``cfg`` then composed from its fixed
     ones: Hydra leaves the swept ones to the sweeper). A rule whose condition reads a swept key is
@@ -175,6 +176,10 @@ _INERT_RULES = (
     (("export", "export.kind", "export.latency_runs"),
      lambda cfg: cfg.export.kind != "none" and cfg.export.latency_runs == 0, EXPORT_LATENCY_KEYS,
      "export.latency_runs=0 (no latency measurement)", "drop it, or set export.latency_runs > 0"),
+    (("save_model",), lambda cfg: not cfg.save_model, ("verify_loading",),
+     "save_model=false (nothing is saved to reload)", "drop it, or set save_model=true"),
+    (("checkpointing_steps",), lambda cfg: cfg.checkpointing_steps is None, ("checkpoints_to_keep",),
+     "checkpointing_steps=null (no checkpoints)", "drop it, or set checkpointing_steps=epoch|N"),
 )
 
 
@@ -341,8 +346,8 @@ def _check_without_training(cfg: DictConfig, given: dict, distilling: bool) -> N
     why = "num_train_epochs=0 (no training: prune once, then evaluate)"
     if distilling:
         raise ConfigError(f"distill: a distiller has no effect with {why}; use distill=none")
-    if cfg.quant.approach == "qat":
-        raise ConfigError(f"quant=qat: has no effect with {why}; use quant=dynamic or quant=static")
+    if get_object(cfg.quant._target_).trains:
+        raise ConfigError(f"quant: quantization-aware training has no effect with {why}; use quant=dynamic or quant=static")
     for key in ("checkpointing_steps", "resume_from_checkpoint"):
         if cfg[key] is not None:
             raise ConfigError(f"{key}={given[key]}: has no effect with {why}")

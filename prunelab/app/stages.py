@@ -242,15 +242,15 @@ def export(state: RunState) -> None:
         quantization = state.quantization
         # QAT's int8 ranges were learned in the uncompacted layers: its int8 model is quantized/.
         int8 = (lambda model: quantization.convert(model, _calibration_loader(state))) \
-            if quantization.enabled and quantization.approach != "qat" else None
+            if quantization.converts_compacted else None
         report = exporter.run(state.out, int8=int8, evaluate=lambda model: _evaluate(state, model))
         parameters = report["parameters"]
         note = (f"export: {state.out / 'export'}, parameters {parameters['before']} -> "
                 f"{parameters['after']} ({parameters['ratio']:.3f}x)")
         if report["quantized"] is not None:
             note += f"; int8 ({report['quantized']['approach']}) of the compacted model in export/quantized"
-        elif quantization.approach == "qat":
-            note += "; quant=qat: the int8 model is quantized/ (uncompacted; its ranges were learned there)"
+        elif quantization.enabled:
+            note += f"; quant={quantization.approach}: the int8 model is quantized/ (uncompacted; its ranges were learned there)"
         state.summary.write(notes=[*state.summary.fields["notes"], note])
     state.accelerator.wait_for_everyone()
 
@@ -330,7 +330,7 @@ def _logit_check(state: RunState):
     device = trainer.accelerator.device
     model = trainer.accelerator.unwrap_model(trainer.model)
     reference = state.final.logits
-    if state.quantization.approach == "qat":
+    if state.quantization.trains:  # fake quantization was on until release(): measure the float model
         reference, _ = predict(model, loader, trainer.task, device=device)
 
     def verify(directory: Path) -> None:

@@ -60,3 +60,24 @@ def test_report_missing_dir_and_bad_args_are_one_line_exit_2(tmp_path, capsys):
             report_main(argv)
         assert exit_.value.code == 2
         assert _one_line_err(capsys).startswith("python -m prunelab.report: error: ")
+
+
+@pytest.mark.parametrize("overrides, line", [
+    (["save_model=false", "verify_loading=true"],
+     "verify_loading=true: has no effect with save_model=false (nothing is saved to reload); "
+     "drop it, or set save_model=true"),
+    (["checkpoints_to_keep=3"],
+     "checkpoints_to_keep=3: has no effect with checkpointing_steps=null (no checkpoints); "
+     "drop it, or set checkpointing_steps=epoch|N"),
+])
+def test_verify_loading_and_checkpoints_to_keep_with_nothing_to_act_on_are_refused(make_config, overrides, line):
+    from prunelab.app.schema import check_config, check_inert_overrides
+    from prunelab.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        check_inert_overrides(check_config(make_config(*overrides)), overrides)
+    assert str(refused.value) == line
+    # With something to act on, the same keys are taken.
+    fine = ["save_model=true", "verify_loading=true"] if "save_model=false" in overrides \
+        else ["checkpointing_steps=epoch", "checkpoints_to_keep=3"]
+    check_inert_overrides(check_config(make_config(*fine)), fine)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
 import prunelab
 from prunelab.app.config import build
@@ -54,8 +54,9 @@ def test_every_task_option_instantiates(make_config, name):
     cfg = make_config(f"task={name}")
     task = build(cfg.task, data_root=cfg.data_root, max_length=32, max_train_samples=8, max_eval_samples=8, seed=0)
     assert isinstance(task, Task)
-    assert task.family in ("glue", "squad")
-    assert task.auto_model_class().__name__.startswith("AutoModelFor")
+    squad = name.startswith("squad")
+    assert task.family == ("squad" if squad else "glue")
+    assert task.auto_model_class() is (AutoModelForQuestionAnswering if squad else AutoModelForSequenceClassification)
 
 
 @pytest.mark.parametrize("pattern", options("pattern"))

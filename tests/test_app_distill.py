@@ -371,7 +371,9 @@ def test_simkd_run_leaves_a_stock_model_predicting_with_the_reused_classifier(ma
     state = distiller.state_dict()
     fresh = ReusedClassifierKnowledgeDistiller(distiller.task, reloaded)
     fresh.load_state_dict(state)
-    assert torch.equal(fresh.projector.weight, projector.weight) and fresh.pending_optimizer_state is not None
+    assert torch.equal(fresh.projector.weight, projector.weight)
+    # The projector's optimizer state waits for the next fit; saved again meanwhile, it is the same.
+    torch.testing.assert_close(fresh.state_dict(), state)
 
 
 def test_hidden_mse_run_leaves_the_task_head_as_the_teacher_s(make_config):

@@ -224,7 +224,9 @@ def test_cli_writes_files_and_prints_paths(sweep: Path, capsys):
     assert main([str(sweep), "--no-plots"]) == 0
     out = capsys.readouterr().out
     assert "8 jobs: 5 completed, 1 failed, 2 missing" in out
-    assert f"wrote {sweep / 'results.md'}" in out and (sweep / "results.csv").stat().st_size > 0
+    assert f"wrote {sweep / 'results.md'}" in out and f"wrote {sweep / 'results.csv'}" in out
+    with (sweep / "results.csv").open() as handle:
+        assert [row["pattern"] for row in csv.DictReader(handle)] == ["4x1", "2:4"]  # the sweep's rows
 
 
 def test_cli_rejects_dirs_without_jobs(tmp_path: Path, capsys):

@@ -29,6 +29,8 @@ import traceback
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep
 from hydra.errors import (
     ConfigCompositionException,
     MissingConfigException,
@@ -49,6 +51,8 @@ EXIT_CONFIG = 2
 # What Hydra raises before any job runs, when it cannot put the config together.
 COMPOSITION_ERRORS = (ConfigCompositionException, OverrideParseException, SearchPathException)
 MULTIRUN_FLAGS = ("-m", "--multirun")
+# Module names (comma-separated) whose callables a command-line _target_ may name besides prunelab's.
+TRUSTED_TARGETS_ENV = "PRUNELAB_TRUSTED_TARGETS"
 GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 _job_started = False  # set once Hydra hands over: errors after that are the run's own
 
@@ -124,7 +128,40 @@ def _check_command_line(argv: list[str]) -> None:
 
     parser = get_args_parser()
     parser.error = lambda message: _fail(f"prunelab: error: {message} (see prunelab --help)", EXIT_CONFIG)
-    parser.parse_args(argv)
+    line = untrusted_target(parser.parse_args(argv).overrides, os.environ.get(TRUSTED_TARGETS_ENV, ""))
+    if line is not None:
+        _fail(f"prunelab: error: {line}", EXIT_CONFIG)
+
+
+def untrusted_target(overrides: list[str], trusted: str) -> str | None:
+    """The refusal of the first ``_target_`` given on the command line (also inside a dict value,
+    and Hydra's own) that names code outside prunelab and the comma-separated module names in
+    ``trusted``: a ``_target_`` is imported and called, so the command line must not name just
+    anything (config files are code and are trusted as such). None if all are prunelab's."""
+    modules = ["prunelab", *(name.strip().rstrip(".") for name in trusted.split(",") if name.strip())]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException:
+        return None  # Hydra tells it, in one line
+    for override in parsed:
+        value = override.value()
+        for key, target in _targets(override.key_or_group, value.list if isinstance(value, ChoiceSweep) else [value]):
+            if not any(str(target) == module or str(target).startswith(f"{module}.") for module in modules):
+                return (f"{key}={target}: a _target_ on the command line must name prunelab's own code; to run "
+                        f"your own, set {TRUSTED_TARGETS_ENV}={str(target).split('.')[0]} (comma-separated module names)")
+    return None
+
+
+def _targets(key: str, values: list):
+    """(key, value) of every ``_target_`` in an override's values, nested dicts and lists included."""
+    for value in values:
+        if key.rpartition(".")[2] == "_target_" and value is not None:
+            yield key, value
+        if isinstance(value, dict):
+            for name, item in value.items():
+                yield from _targets(f"{key}.{name}", [item])
+        elif isinstance(value, list):
+            yield from _targets(key, value)
 
 
 def hydra_error_line(error: Exception, argv: list[str]) -> str:

@@ -81,3 +81,44 @@ def test_verify_loading_and_checkpoints_to_keep_with_nothing_to_act_on_are_refus
     fine = ["save_model=true", "verify_loading=true"] if "save_model=false" in overrides \
         else ["checkpointing_steps=epoch", "checkpoints_to_keep=3"]
     check_inert_overrides(check_config(make_config(*fine)), fine)
+
+
+def test_command_line_target_must_be_prunelabs_unless_trusted_and_of_the_right_kind(tmp_path):
+    run = f"hydra.run.dir={tmp_path / 'run'}"
+    assert _one_line(_cli("model=tiny", "distill=kd", "distill._target_=builtins.dict", run)) == (
+        "prunelab: error: distill._target_=builtins.dict: a _target_ on the command line must name prunelab's own "
+        "code; to run your own, set PRUNELAB_TRUSTED_TARGETS=builtins (comma-separated module names)")
+    assert not (tmp_path / "run").exists()  # refused before Hydra made the run dir
+    trusted = _cli("model=tiny", "distill=kd", "distill._target_=builtins.dict", run,
+                   env={"PRUNELAB_TRUSTED_TARGETS": "builtins"})
+    assert _one_line(trusted) == ("prunelab: error: distill._target_=builtins.dict: not a distill option "
+                                  "(its parameters cannot be read)")
+
+
+@pytest.mark.parametrize("override, refused", [
+    ("+lookup={a:{_target_: os.system}}", "lookup.a._target_=os.system"),  # inside a dict value
+    ("hydra.callbacks.x._target_=os.system", "hydra.callbacks.x._target_=os.system"),  # Hydra's own
+    ("model._target_=prunelab.models.TinyBert,evil.Model", "model._target_=evil.Model"),  # a sweep's values
+    ("model._target_=prunelabx.Model", "model._target_=prunelabx.Model"),  # prunelab's prefix, not its package
+])
+def test_untrusted_targets_anywhere_on_the_command_line(override, refused):
+    from prunelab.__main__ import untrusted_target
+
+    assert untrusted_target([override], "").startswith(f"{refused}: a _target_ on the command line must name")
+    assert untrusted_target(["model._target_=prunelab.models.TinyBert", "~distill._target_"], "") is None
+    assert untrusted_target(["model._target_=mypkg.models.Mine", "x._target_=other.f"], "mypkg, other.") is None
+
+
+@pytest.mark.parametrize("group, target, why", [
+    ("distill", "prunelab.app.config", "expected a class or function"),
+    ("model", "prunelab.app.config.shared_data_root", "expected a class with load_tokenizer, load_model, max_input_tokens"),
+    ("distill", "prunelab.app.config.shared_data_root", "it must take student, task, which the run passes"),
+    ("quant", "prunelab.models.TinyBert", "expected a class with prepare, release"),
+])
+def test_a_target_of_the_wrong_kind_is_one_line(make_config, group, target, why):
+    from prunelab.app.schema import check_config
+    from prunelab.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        check_config(make_config(f"{group}._target_={target}"))
+    assert str(refused.value) == f"{group}._target_={target}: not a {group} option ({why})"

@@ -119,6 +119,14 @@ _RUNTIME_KEYS = {
     "task": {"data_root", "max_length", "max_train_samples", "max_eval_samples", "seed"},
     "distill": {"task", "student"},
 }
+# What the run calls on a group's built object (distill: a function of task and student, above).
+_GROUP_METHODS = {
+    "model": ("load_tokenizer", "load_model", "max_input_tokens"),
+    "task": ("load", "auto_model_class", "model_kwargs", "compute_metrics"),
+    "scheduler": ("engine_keys",),
+    "quant": ("prepare", "release"),
+    "export": ("run",),
+}
 
 
 def check_config(cfg: DictConfig) -> DictConfig:
@@ -235,7 +243,7 @@ def _check_group(group: str, node: Any) -> None:
         factory = get_object(target)
     except Exception as error:  # an import error of the target is a broken config file
         raise ConfigError(f"{group}._target_={target}: cannot be imported ({type(error).__name__})") from None
-    signature = inspect.signature(factory)
+    signature = _check_kind(group, target, factory)
     hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
     runtime = _RUNTIME_KEYS.get(group, set())
     allowed = [name for name in signature.parameters if name not in runtime]
@@ -247,6 +255,25 @@ def _check_group(group: str, node: Any) -> None:
         hint = hints.get(key)
         if hint is not None and not _matches(value, hint):
             raise ConfigError(f"{group}.{key}={value!r}: must be {_describe_hint(hint)}")
+
+
+def _check_kind(group: str, target: str, factory: Any) -> inspect.Signature:
+    """The target's signature, once it is what the run builds and calls for ``group``: else the
+    first use would end in a traceback far from the config."""
+    methods = _GROUP_METHODS.get(group, ())
+    missing = [name for name in methods if not hasattr(factory, name)]
+    if not callable(factory) or (methods and not inspect.isclass(factory)) or missing:
+        kind = f"a class with {', '.join(methods)}" if methods else "a class or function"
+        raise ConfigError(f"{group}._target_={target}: not a {group} option (expected {kind})")
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # builtins such as dict have none
+        raise ConfigError(f"{group}._target_={target}: not a {group} option (its parameters cannot be read)") from None
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+    passed = sorted(_RUNTIME_KEYS.get(group, set()) - set(signature.parameters))
+    if passed and not takes_any:
+        raise ConfigError(f"{group}._target_={target}: not a {group} option (it must take {', '.join(passed)}, which the run passes)")
+    return signature
 
 
 def _matches(value: Any, hint: Any) -> bool:

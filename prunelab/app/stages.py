@@ -25,6 +25,8 @@ from prunelab.app.quantization import QUANTIZED_DIR, check_reload
 from prunelab.app.schema import checkpoint_every
 from prunelab.errors import ConfigError
 from prunelab.outputs import METRICS, RunSummary, append_jsonl, save_model
+from prunelab.sparsity.config import calibrated
+from prunelab.sparsity.criteria import CRITERIA
 from prunelab.train.checkpointing import CHECKPOINTS, CheckpointPolicy
 from prunelab.train.evaluation import predict
 from prunelab.train.hook_timer import HookTimer
@@ -60,7 +62,7 @@ class RunState:
     trainer: Trainer | None = None
     callbacks: list = field(default_factory=list)
     pruning: Any = None
-    gradient_steps: int = 0  # num_train_epochs=0: gradient passes before the one-shot prune
+    gradient_steps: int = 0  # passes before a one-shot prune that precedes training (num_train_epochs=0; wanda, sparsegpt)
     hook_timer: HookTimer | None = None  # the pruning engine as the loop sees it, timed
     measurement: Any = None
     quantization: Any = None
@@ -77,10 +79,15 @@ def pruning_keys(cfg: DictConfig) -> dict:
     return keys
 
 
-def engine_config(cfg: DictConfig, steps_per_epoch: int) -> dict:
+def engine_config(cfg: DictConfig, steps_per_epoch: int, examples_per_step: int | None = None) -> dict:
     """The pruning engine's config: the pruning keys, plus the step keys the scheduler derives
-    from the pruning window where the config does not give them itself."""
+    from the pruning window where the config does not give them itself. ``examples_per_step``:
+    training examples per step over all processes (default: one process's batch)."""
     keys = pruning_keys(cfg)
+    examples_per_step = examples_per_step or cfg.per_device_train_batch_size
+    pruner = _calibrated_criterion(keys)
+    if cfg.do_prune and pruner is not None:
+        return _prune_before_training(cfg, keys, pruner, examples_per_step)
     given = [key for key in STEP_KEYS if key in keys]
     defaults = {"sparsity_warm_epochs": 0, "cooldown_epochs": 0, "pruning_frequency": None}
     for key in given:
@@ -97,11 +104,42 @@ def engine_config(cfg: DictConfig, steps_per_epoch: int) -> dict:
     return {**keys, **{k: v for k, v in derived.items() if k not in given}}
 
 
-def prune_only_steps(keys: dict) -> int:
-    """num_train_epochs=0: the gradient passes the criterion needs before its one-shot prune."""
-    unbounded = 2**31  # a one-shot window as long as any criterion could ask for
-    placeholder = {"start_step": unbounded, "end_step": unbounded, "pruning_frequency": 1}
-    return prunelab.sparsity.calibration_steps(_parse_engine_config({**keys, **placeholder}))
+# A one-shot window as long as any criterion could ask for (parsing keys before the steps are known).
+_ONE_SHOT_PLACEHOLDER = {"start_step": 2**31, "end_step": 2**31, "pruning_frequency": 1}
+
+
+def prune_only_steps(keys: dict, examples_per_step: int = 1) -> int:
+    """The passes the criterion needs before its one-shot prune (num_train_epochs=0; wanda and
+    sparsegpt also before training): gradient steps, or ceil(calibration_samples / examples_per_step)
+    forward passes."""
+    parsed = _parse_engine_config({**keys, **_ONE_SHOT_PLACEHOLDER})
+    return prunelab.sparsity.calibration_steps(parsed, examples_per_step)
+
+
+def _calibrated_criterion(keys: dict) -> str | None:
+    """The criterion of the pruning keys (global or of a group) that prunes from calibration
+    inputs (wanda, sparsegpt), if any; read before the keys are validated."""
+    named = [keys.get("pruning_type"), *(g.get("pruning_type") for g in keys.get("pruning_configs") or [] if isinstance(g, dict))]
+    for name in named:
+        criterion = CRITERIA.get(name.removesuffix("_progressive")) if isinstance(name, str) else None
+        if criterion is not None and criterion.calibrated:
+            return criterion.name
+    return None
+
+
+def _prune_before_training(cfg: DictConfig, keys: dict, pruner: str, examples_per_step: int) -> dict:
+    """wanda, sparsegpt: the one-shot prune at the end of the calibration passes, which run before
+    training (or instead of it); the masks then stay while the model fine-tunes."""
+    why = f"pruner={pruner} (it prunes once, from calibration passes, before training)"
+    if not cfg.scheduler._target_.endswith("OneShotSchedule"):
+        raise ConfigError(f"scheduler: {why} needs scheduler=oneshot")
+    given = [key for key in STEP_KEYS if key in keys]
+    if given:
+        raise ConfigError(f"pruning.{given[0]}={keys[given[0]]}: has no effect with {why}; drop it")
+    if cfg.sparsity_warm_epochs:
+        raise ConfigError(f"sparsity_warm_epochs={cfg.sparsity_warm_epochs}: has no effect with {why}; drop it")
+    steps = prune_only_steps(keys, examples_per_step)
+    return {**keys, "start_step": steps, "end_step": steps, "pruning_frequency": 1}
 
 
 def check_pruning(cfg: DictConfig) -> None:
@@ -156,13 +194,16 @@ def setup_training(state: RunState) -> None:
     state.quantization = build(cfg.quant)
     state.quantization.prepare(state.model)
     state.trainer = Trainer(state.model, task, state.data, _train_config(cfg), state.accelerator)
-    config = engine_config(cfg, state.trainer.steps_per_epoch)
-    if cfg.do_prune and cfg.num_train_epochs:  # without training its steps are gradient passes
+    examples_per_step = cfg.per_device_train_batch_size * state.accelerator.num_processes
+    config = engine_config(cfg, state.trainer.steps_per_epoch, examples_per_step)
+    # wanda, sparsegpt: calibration passes and the prune come before training, outside its steps
+    prunes_first = cfg.do_prune and calibrated(_parse_engine_config(config))
+    if cfg.do_prune and cfg.num_train_epochs and not prunes_first:  # without training its steps are gradient passes
         _check_steps_fit(config, state.trainer.total_steps)
     state.pruning = _prepare_pruning(config, state.model) if cfg.do_prune else None
     if cfg.do_prune and build(cfg.scheduler).lr_rewinding:
         state.trainer.rewind_learning_rate(state.pruning.pruning_steps())
-    state.gradient_steps = config["start_step"] if cfg.do_prune and cfg.num_train_epochs == 0 else 0
+    state.gradient_steps = config["start_step"] if cfg.do_prune and (cfg.num_train_epochs == 0 or prunes_first) else 0
     state.measurement = state.pruning or _dense_measurement(config, state.model)
     state.hook_timer = HookTimer(state.pruning) if state.pruning is not None else None
     state.callbacks = [c for c in (distiller, state.hook_timer) if c is not None]

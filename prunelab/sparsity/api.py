@@ -194,6 +194,12 @@ class Pruning:
             return 0.0
         return sum(group.current_sparsity(self.step) * group.numel for group in self.groups) / total
 
+    @property
+    def needs_gradients(self) -> bool:
+        """Whether a criterion reads gradients: a loop running passes only to feed the engine
+        (calibration before a one-shot prune) may skip the backward pass when none does."""
+        return any(not g.locked and g.ops and g.criterion.needs_grad for g in self.groups)
+
     def report(self) -> dict:
         """Measured sparsity (zeros counted in the weights) per op, per group and overall."""
         return build_report(self.model, self.groups, self.step)

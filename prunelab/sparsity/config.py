@@ -38,6 +38,22 @@ class ObsSettings:
 
 
 @dataclass(frozen=True)
+class SparseGptSettings:
+    """``pruning_type: sparsegpt`` (Frantar & Alistarh 2023): the layer-wise OBS solver."""
+
+    block_size: int = 128  # columns per lazy block; the mask is chosen per block (N:M: a multiple of M)
+    damp: float = 0.01  # dampening relative to the mean diagonal: H = 2XX^T + damp * mean(diag) * I
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Training examples whose inputs calibrate wanda and sparsegpt when calibration_samples is unset
+# (as many as quant.num_calibration_samples).
+DEFAULT_CALIBRATION_SAMPLES = 256
+
+
+@dataclass(frozen=True)
 class GroupConfig:
     """One group of ops pruned together; field defaults are INC's (except op types, see below)."""
 
@@ -60,6 +76,8 @@ class GroupConfig:
     num_attention_heads: int | None = None
     obs: ObsSettings | None = None  # pruning_type obs: its settings (None: the defaults)
     initial_sparsity: float = 0.0  # sparsity of the first update of an iterative schedule (oBERT: 0.7)
+    calibration_samples: int | None = None  # wanda, sparsegpt: examples whose inputs are gathered (None: 256)
+    sparsegpt: SparseGptSettings | None = None  # pruning_type sparsegpt: its settings (None: the defaults)
 
     @property
     def criterion(self) -> str:
@@ -78,12 +96,20 @@ class GroupConfig:
     def obs_settings(self) -> ObsSettings:
         return self.obs or ObsSettings()
 
+    @property
+    def sparsegpt_settings(self) -> SparseGptSettings:
+        return self.sparsegpt or SparseGptSettings()
+
+    @property
+    def calibration_samples_or_default(self) -> int:
+        return self.calibration_samples or DEFAULT_CALIBRATION_SAMPLES
+
     def to_dict(self) -> dict:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
 # prunelab's own keys beyond INC 2.x's (an INC recipe file has none of them).
-EXTENSION_KEYS = ("num_attention_heads", "obs", "initial_sparsity")
+EXTENSION_KEYS = ("num_attention_heads", "obs", "initial_sparsity", "calibration_samples", "sparsegpt")
 KEYS = tuple(f.name for f in dataclasses.fields(GroupConfig) if f.name not in EXTENSION_KEYS)  # INC's keys
 ALL_KEYS = (*KEYS, *EXTENSION_KEYS)
 
@@ -249,6 +275,35 @@ def _obs(key: str, value: object) -> ObsSettings | None:
 
 _OBS_FIELDS = tuple(f.name for f in dataclasses.fields(ObsSettings))
 
+
+def _sparsegpt(key: str, value: object) -> SparseGptSettings | None:
+    if value is None or isinstance(value, SparseGptSettings):
+        return value
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{key}={value!r} must be a mapping of sparsegpt settings: {', '.join(_SPARSEGPT_FIELDS)}")
+    unknown = sorted(set(map(str, value)) - set(_SPARSEGPT_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown key {key}.{unknown[0]}; allowed: {', '.join(_SPARSEGPT_FIELDS)}")
+    checked = {}
+    for name, item in value.items():
+        where = f"{key}.{name}"
+        if name == "damp":
+            if isinstance(item, bool) or not isinstance(item, (int, float)) or not item > 0:
+                raise ValueError(f"{where}={item!r} must be a number > 0")
+            checked[name] = float(item)
+        else:
+            checked[name] = _int_at_least(1)(where, item)
+    return SparseGptSettings(**checked)
+
+
+def _optional_samples(key: str, value: object) -> int | None:
+    if value is None:
+        return None
+    return _int_at_least(1)(key, value)
+
+
+_SPARSEGPT_FIELDS = tuple(f.name for f in dataclasses.fields(SparseGptSettings))
+
 _VALIDATORS = {
     "target_sparsity": _float_in(0.0, 1.0, high_open=True),
     "pruning_type": _choice(PRUNING_TYPES),
@@ -266,6 +321,8 @@ _VALIDATORS = {
     "num_attention_heads": _optional_count,
     "obs": _obs,
     "initial_sparsity": _float_in(0.0, 1.0, high_open=True),
+    "calibration_samples": _optional_samples,
+    "sparsegpt": _sparsegpt,
 }
 
 
@@ -275,6 +332,16 @@ def _check_group(group: GroupConfig, name) -> None:
         raise ValueError(f"{name('end_step')}={group.end_step} is before {name('start_step')}={group.start_step}")
     if group.obs is not None and group.criterion != "obs":
         raise ValueError(f"{name('obs')}: has no effect with {name('pruning_type')}={group.pruning_type!r}; drop it or use obs")
+    if group.sparsegpt is not None and group.criterion != "sparsegpt":
+        raise ValueError(
+            f"{name('sparsegpt')}: has no effect with {name('pruning_type')}={group.pruning_type!r}; drop it or use sparsegpt"
+        )
+    calibrated = group.pruning_type != "pattern_lock" and CRITERIA[group.criterion].calibrated
+    if group.calibration_samples is not None and not calibrated:
+        raise ValueError(
+            f"{name('calibration_samples')}: has no effect with {name('pruning_type')}={group.pruning_type!r} "
+            "(only wanda and sparsegpt read calibration inputs); drop it"
+        )
     if group.pruning_type == "pattern_lock":
         return  # locks the existing zeros; target, ratios and schedule do not apply
     if group.min_sparsity_ratio_per_op > group.max_sparsity_ratio_per_op:
@@ -309,6 +376,8 @@ def _check_group(group: GroupConfig, name) -> None:
         )
     if CRITERIA[group.criterion].second_order:
         _check_obs(group, name, one_shot)
+    if calibrated:
+        _check_calibrated(group, name, one_shot)
     if group.progressive and (one_shot or group.pruning_frequency < 2):
         raise ValueError(
             f"{name('pruning_type')}={group.pruning_type!r} blends each new mask in over "
@@ -318,10 +387,21 @@ def _check_group(group: GroupConfig, name) -> None:
         )
 
 
-def calibration_steps(config: PruningConfig) -> int:
-    """Gradient steps a prune without training needs before its one-shot update (the largest over
-    the groups: 0 for magnitude, 1 for gradient criteria, num_grads x num_recomputations for obs)."""
-    return max((CRITERIA[g.criterion].calibration_steps(g) for g in config.groups if g.pruning_type != "pattern_lock"), default=0)
+def calibration_steps(config: PruningConfig, examples_per_step: int = 1) -> int:
+    """Steps a prune without training needs before its one-shot update (the largest over the
+    groups: 0 for magnitude, 1 for gradient criteria, num_grads x num_recomputations for obs,
+    ceil(calibration_samples / examples_per_step) forward passes for wanda and sparsegpt);
+    ``examples_per_step``: training examples per step over all processes."""
+    return max(
+        (CRITERIA[g.criterion].calibration_steps(g, examples_per_step) for g in config.groups if g.pruning_type != "pattern_lock"),
+        default=0,
+    )
+
+
+def calibrated(config: PruningConfig) -> bool:
+    """Whether a group prunes once from calibration inputs (wanda, sparsegpt): a training run then
+    prunes before training, after its calibration passes."""
+    return any(CRITERIA[g.criterion].calibrated for g in config.groups if g.pruning_type != "pattern_lock")
 
 
 def obs_window(group: GroupConfig) -> tuple[int, int]:
@@ -365,7 +445,43 @@ def _check_obs(group: GroupConfig, name, one_shot: bool) -> None:
         )
 
 
+def _check_calibrated(group: GroupConfig, name, one_shot: bool) -> None:
+    """wanda and sparsegpt: one update, per output row (1x1) or per group of M (N:M), of ops whose
+    inputs are ``[..., in]`` (Linear, GPT-2 Conv1D)."""
+    kind = f"{name('pruning_type')}={group.pruning_type!r}"
+    pattern = group.pattern_object
+    if group.progressive:
+        raise ValueError(f"{kind}: prunes once from calibration inputs, which a progressive blend cannot spread; use {group.criterion!r}")
+    if not one_shot or group.initial_sparsity > 0:
+        raise ValueError(
+            f"{kind} prunes once from calibration inputs: it needs a one-shot schedule ({name('end_step')} == "
+            f"{name('start_step')}), got start_step={group.start_step}, end_step={group.end_step}"
+        )
+    if group.start_step == 0:
+        raise ValueError(
+            f"{kind} gathers its ops' inputs in the forward passes before its update, so {name('start_step')} "
+            "must be >= 1 (the number of calibration steps; got 0)"
+        )
+    if not (isinstance(pattern, NInMPattern) or pattern.name == "1x1"):
+        raise ValueError(
+            f"{name('pattern')}={group.pattern!r}: {kind} chooses weights within each output row (1x1) or "
+            "within each group of M (N:M, e.g. 2:4); use one of those"
+        )
+    if isinstance(pattern, NInMPattern) and group.target_sparsity != pattern.max_fraction:
+        raise ValueError(
+            f"{name('target_sparsity')}={group.target_sparsity}: {kind} prunes N of every group of M, so with "
+            f"{name('pattern')}={pattern.name!r} the target is {pattern.n}/{pattern.m}={pattern.max_fraction:g}"
+        )
+    unsupported = [t for t in group.pruning_op_types if t not in ("Linear", "Conv1D")]
+    if unsupported:
+        raise ValueError(
+            f"{name('pruning_op_types')}={list(group.pruning_op_types)}: {kind} prunes Linear and Conv1D ops "
+            f"(inputs [..., in]), not {unsupported[0]}"
+        )
+    CRITERIA[group.criterion].check_settings(group, name)
+
+
 def _plain(value: object) -> object:
-    if isinstance(value, ObsSettings):
+    if isinstance(value, (ObsSettings, SparseGptSettings)):
         return value.to_dict()
     return list(value) if isinstance(value, tuple) else value

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from prunelab.sparsity.calibrated import CalibratedGroup
 from prunelab.sparsity.config import GroupConfig
 from prunelab.sparsity.criteria import CRITERIA
 from prunelab.sparsity.coupling import Structure, find_structures, known_layouts
@@ -301,9 +302,12 @@ class CoupledGroup(PruningGroup):
 
 def make_group(index: int, config: GroupConfig, matched: list[tuple[str, nn.Module, str]], model: nn.Module) -> PruningGroup:
     """A ``CoupledGroup`` for ``head``/``neuron`` patterns (unless pattern_lock), an ``ObsGroup`` for
-    a second-order criterion, else a ``PruningGroup``."""
+    a second-order criterion, a ``CalibratedGroup`` for one that prunes from its ops' inputs, else
+    a ``PruningGroup``."""
     if config.pattern_object.coupled and config.pruning_type != "pattern_lock":
         return CoupledGroup(index, config, matched, model)
     if config.pruning_type != "pattern_lock" and CRITERIA[config.criterion].second_order:
         return ObsGroup(index, config, matched)
+    if config.pruning_type != "pattern_lock" and CRITERIA[config.criterion].calibrated:
+        return CalibratedGroup(index, config, matched, model)
     return PruningGroup(index, config, matched)

@@ -14,10 +14,15 @@ snip_momentum  ``score = 0.9 * score + |W * G|``           every step from ``MOM
                                                            steps before the first pruning update
 movement       ``score += -W * G`` (Sanh et al. 2020)      every step from step 0
 obs            ``0.5 w_Q^T ([F^-1]_QQ)^-1 w_Q`` (oBERT)    the ``num_grads`` steps before each update
+wanda          ``|W_ij| * ||X_j||_2`` per output row        never (the ops' inputs X before the update)
+sparsegpt      ``w^2 / [U]_jj^2``, ``U^T U = (2XX^T)^-1``   never (the ops' inputs X before the update)
 =============  ==========================================  =========================================
 
 ``obs`` is second order: its state is a block-diagonal Fisher inverse and its updates also move
 the kept weights, so its groups are ``prunelab.sparsity.obs.ObsGroup`` (``second_order``).
+``wanda`` and ``sparsegpt`` prune once from the inputs their ops see in the forward passes before
+the update (``calibrated``; ``prunelab.sparsity.calibrated.CalibratedGroup``, the algebra in
+``prunelab.sparsity.hessian``).
 
 Observation runs in ``on_before_optimizer_step`` after pruned gradients are zeroed, so pruned
 weights add nothing; they stay pruned anyway because selection puts them first.
@@ -26,7 +31,8 @@ from __future__ import annotations
 
 import torch
 
-from prunelab.sparsity.patterns import Pattern
+from prunelab.sparsity import hessian
+from prunelab.sparsity.patterns import NInMPattern, Pattern
 from prunelab.sparsity.schedules import Schedule
 
 MOMENTUM = 0.9  # INC's snip_momentum decay (its "alpha")
@@ -39,10 +45,12 @@ class Criterion:
     name = ""
     needs_grad = True
     second_order = False  # True: pruned by an ObsGroup (Fisher state, weight updates)
+    calibrated = False  # True: prunes once from its ops' inputs in forward passes (CalibratedGroup)
 
-    def calibration_steps(self, config) -> int:
-        """Gradient steps a one-shot prune of a ``GroupConfig`` needs before its update (the
-        ``start_step`` of a prune without training)."""
+    def calibration_steps(self, config, examples_per_step: int = 1) -> int:
+        """Steps (gradient passes, or forward passes for a ``calibrated`` criterion) a one-shot
+        prune of a ``GroupConfig`` needs before its update (the ``start_step`` of a prune without
+        training); ``examples_per_step``: training examples per step over all processes."""
         return 1 if self.needs_grad else 0
 
     def observes(self, step: int, schedule: Schedule) -> bool:
@@ -150,12 +158,61 @@ class Obs(Criterion):
     name = "obs"
     second_order = True
 
-    def calibration_steps(self, config):
+    def calibration_steps(self, config, examples_per_step=1):
         settings = config.obs_settings
         return (settings.num_grads or DEFAULT_NUM_GRADS) * settings.num_recomputations
+
+
+class _Calibrated(Criterion):
+    """Prunes once from the inputs ``X`` of its ops in the forward passes before the update; the
+    state is ``input_statistic`` accumulated over them, the mask (and weights) come from ``prune``."""
+
+    needs_grad = False
+    calibrated = True
+
+    def calibration_steps(self, config, examples_per_step=1):
+        return -(-config.calibration_samples_or_default // max(1, examples_per_step))
+
+    def check_settings(self, config, name) -> None:
+        """``ValueError`` naming the key (``name(key)``) for settings of a ``GroupConfig`` this
+        criterion cannot use."""
+
+    def input_statistic(self, cols: int, device) -> torch.Tensor:
+        """The empty statistic of an op with ``cols`` inputs (filled by ``hessian.add_inputs``)."""
+        raise NotImplementedError
+
+    def prune(self, weight, keep, statistic, tokens, sparsity, n_m, config):
+        """``(new weight or None, keep mask)`` for ``[rows, cols]`` views; ``n_m``: ``(N, M)`` or None."""
+        raise NotImplementedError
+
+
+class Wanda(_Calibrated):
+    name = "wanda"
+
+    def input_statistic(self, cols, device):
+        return torch.zeros(cols, dtype=torch.float32, device=device)  # ||X_j||^2
+
+    def prune(self, weight, keep, statistic, tokens, sparsity, n_m, config):
+        return None, hessian.wanda_mask(weight, statistic, sparsity, n_m, keep)
+
+
+class SparseGPT(_Calibrated):
+    name = "sparsegpt"
+
+    def input_statistic(self, cols, device):
+        return torch.zeros(cols, cols, dtype=torch.float32, device=device)  # X X^T
+
+    def check_settings(self, config, name):
+        pattern, block = config.pattern_object, config.sparsegpt_settings.block_size
+        if isinstance(pattern, NInMPattern) and block % pattern.m:  # a group of M must lie inside one block
+            raise ValueError(f"{name('sparsegpt')}.block_size={block} must be a multiple of M={pattern.m} ({pattern.name})")
+
+    def prune(self, weight, keep, statistic, tokens, sparsity, n_m, config):
+        settings = config.sparsegpt_settings
+        return hessian.sparsegpt(weight, statistic, tokens, sparsity, n_m, settings.block_size, settings.damp, keep)
 
 
 # oBERT's number of gradients per Fisher estimate (its paper and SparseML's default).
 DEFAULT_NUM_GRADS = 1024
 
-CRITERIA = {c.name: c for c in (Magnitude(), Gradient(), Snip(), SnipMomentum(), Movement(), Obs())}
+CRITERIA = {c.name: c for c in (Magnitude(), Gradient(), Snip(), SnipMomentum(), Movement(), Obs(), Wanda(), SparseGPT())}

@@ -128,7 +128,9 @@ class Trainer:
         from (same config); stop: the run's signal handler, deferred while a step runs so that a
         SIGTERM ends the run after a checkpoint (raises ``RunInterrupted``).
         With ``num_train_epochs=0`` nothing is trained: ``gradient_steps`` backward passes feed
-        the callbacks (a one-shot prune) and the model is evaluated.
+        the callbacks (a one-shot prune) and the model is evaluated. With training,
+        ``gradient_steps > 0`` runs those passes and the prune before the first training step
+        (wanda, sparsegpt: calibration passes), unless resuming; the callbacks count them as steps.
         """
         callbacks = [c for c in callbacks if c is not None]
         if self.config.num_train_epochs == 0:
@@ -141,6 +143,8 @@ class Trainer:
             position = read_position(resume_from)
         _call(callbacks, "on_fit_start", self)
         _call(callbacks, "on_train_begin")
+        if gradient_steps and resume_from is None:
+            self._passes_then_prune(callbacks, gradient_steps)
         progress = tqdm(
             total=self.total_steps,
             initial=position.step,
@@ -168,31 +172,40 @@ class Trainer:
         return evaluation
 
     def _without_training(self, callbacks, gradient_steps: int, on_evaluate) -> Evaluation:
-        """``gradient_steps`` steps of the hooks with a backward pass and no optimizer step, then
-        one more without a backward pass (where a one-shot prune scheduled at ``gradient_steps``
-        happens), then the evaluation. Eval mode: no dropout in the gradients a criterion reads."""
+        """``_passes_then_prune``, then the evaluation."""
         _call(callbacks, "on_fit_start", self)
         _call(callbacks, "on_train_begin")
-        self.model.eval()
-        batches = self._endless_batches()
-        losses = []
-        for step in tqdm(range(gradient_steps + 1), desc="prune", disable=not (self.config.progress_bar and gradient_steps
-                                                                               and self.accelerator.is_local_main_process)):
-            _call(callbacks, "on_step_begin", step)
-            if step < gradient_steps:
-                batch = next(batches)
-                batch.pop(EXAMPLE_INDEX)
-                loss = self.model(**batch).loss
-                self.accelerator.backward(loss)
-                losses.append(loss.detach().float().item())
-            _call(callbacks, "on_before_optimizer_step")
-            _call(callbacks, "on_after_optimizer_step")
-            self.optimizer.zero_grad()
+        losses = self._passes_then_prune(callbacks, gradient_steps)
         _call(callbacks, "on_train_end")
         evaluation = self.evaluate(0, 0, self._mean_loss(losses))
         if on_evaluate is not None:
             on_evaluate(evaluation)
         return evaluation
+
+    def _passes_then_prune(self, callbacks, steps: int) -> list[float]:
+        """``steps`` steps of the hooks, each with a forward pass on a training batch and no
+        optimizer step (with a backward pass when a callback ``needs_gradients``, else without
+        gradients: wanda and sparsegpt read inputs only), then one more without a batch, where a
+        one-shot prune scheduled at ``steps`` happens. Eval mode: no dropout in what a criterion reads."""
+        self.model.eval()
+        backward = any(getattr(c, "needs_gradients", False) for c in callbacks)
+        batches = self._endless_batches()
+        losses = []
+        for step in tqdm(range(steps + 1), desc="prune", disable=not (self.config.progress_bar and steps
+                                                                      and self.accelerator.is_local_main_process)):
+            _call(callbacks, "on_step_begin", step)
+            if step < steps:
+                batch = next(batches)
+                batch.pop(EXAMPLE_INDEX)
+                with nullcontext() if backward else torch.no_grad():
+                    loss = self.model(**batch).loss
+                if backward:
+                    self.accelerator.backward(loss)
+                losses.append(loss.detach().float().item())
+            _call(callbacks, "on_before_optimizer_step")
+            _call(callbacks, "on_after_optimizer_step")
+            self.optimizer.zero_grad()
+        return losses
 
     def _endless_batches(self):
         """Training batches, epoch after epoch (each reshuffled as in training)."""

@@ -122,3 +122,25 @@ def test_a_target_of_the_wrong_kind_is_one_line(make_config, group, target, why)
     with pytest.raises(ConfigError) as refused:
         check_config(make_config(f"{group}._target_={target}"))
     assert str(refused.value) == f"{group}._target_={target}: not a {group} option ({why})"
+
+
+def test_no_decay_modules_bad_regex_is_refused_by_the_config_check(make_config):
+    from prunelab.app.schema import check_config
+    from prunelab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^no_decay_modules=\['\('\]: '\(' is not a regular expression \("):
+        check_config(make_config("no_decay_modules=['(']"))
+
+
+def test_no_decay_modules_matching_no_module_is_refused_before_the_data_loads(make_config, tmp_path):
+    from prunelab.app.run import run
+    from prunelab.errors import ConfigError
+
+    empty = tmp_path / "no-data"  # no glue/ files: loading the data would fail with another error
+    empty.mkdir()
+    cfg = make_config("no_decay_modules=[clasifier]", f"data_root={empty}")
+    with pytest.raises(ConfigError) as refused:
+        run(cfg, tmp_path / "run")
+    assert str(refused.value) == "no_decay_modules=['clasifier']: 'clasifier' matches no module of the model"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"].startswith("ConfigError: no_decay_modules=")

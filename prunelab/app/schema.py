@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -335,6 +336,11 @@ def _check_values(cfg: DictConfig, given: dict) -> None:
         raise ConfigError(f"lr_scheduler_type={given['lr_scheduler_type']}: allowed {list(LR_SCHEDULERS)}")
     if cfg.mixed_precision not in MIXED_PRECISION:
         raise ConfigError(f"mixed_precision={given['mixed_precision']}: allowed {list(MIXED_PRECISION)}")
+    for pattern in cfg.no_decay_modules:  # whether each finds a module is checked once the model is built
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ConfigError(f"no_decay_modules={given['no_decay_modules']}: {pattern!r} is not a regular expression ({error})") from None
     checkpoint_every(cfg.checkpointing_steps)
     if cfg.resume_from_checkpoint is not None and cfg.overwrite_output_dir:
         raise ConfigError(

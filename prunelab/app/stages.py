@@ -1,6 +1,7 @@
 """The named stages of one run, in order:
 
-    setup_model -> setup_data -> setup_training -> fit -> post_training -> quantize -> save -> export
+    setup_model -> setup_task -> load_model -> setup_data -> setup_training -> fit -> post_training
+    -> quantize -> save -> export
 
 Each takes the ``RunState`` built so far and adds what it makes. Training changes are set up in
 ``setup_training`` as peers: quantization-aware training wraps the model's Linear layers,
@@ -31,7 +32,7 @@ from prunelab.train.checkpointing import CHECKPOINTS, CheckpointPolicy
 from prunelab.train.evaluation import predict
 from prunelab.train.hook_timer import HookTimer
 from prunelab.train.interrupts import StopOnSignal
-from prunelab.train.loop import Evaluation, Trainer, TrainConfig
+from prunelab.train.loop import Evaluation, Trainer, TrainConfig, no_decay_patterns
 from prunelab.train.pruning_window import PruningSteps
 
 # Reloaded-model logits must match the trained model's to this tolerance (float32 eval).
@@ -166,7 +167,7 @@ def setup_model(state: RunState) -> None:
     state.tokenizer = state.source.load_tokenizer()
 
 
-def setup_data(state: RunState) -> None:
+def setup_task(state: RunState) -> None:
     cfg = state.cfg
     state.task = build(
         cfg.task,
@@ -178,18 +179,27 @@ def setup_data(state: RunState) -> None:
     )
     state.summary.update(task=state.task.name, task_family=state.task.family, main_metric=f"eval/{state.task.main_metric}")
     _check_input_fits(state.task, state.source)  # before tokenizing, which takes minutes on SQuAD
+
+
+def load_model(state: RunState) -> None:
+    """The starting model, before the data (tokenizing takes minutes on SQuAD): what only the
+    model can show wrong in the config is told first."""
+    state.model = state.source.load_model(state.task.auto_model_class(), **state.task.model_kwargs())
+    no_decay_patterns(state.model, state.cfg.no_decay_modules)
+
+
+def setup_data(state: RunState) -> None:
     with state.accelerator.main_process_first():
         state.data = state.task.load(state.tokenizer)
     state.summary.write(notes=[*state.summary.fields["notes"], *state.data.notes])
 
 
 def setup_training(state: RunState) -> None:
-    """The model and what changes its training, in this order: the distiller (its default teacher
+    """What changes the model's training, in this order: the distiller (its default teacher
     is a copy of the starting model, taken before anything touches it), quantization-aware
     training (it wraps Linear layers before the optimizer and the pruning engine see them), the
     training loop, the pruning engine."""
     cfg, task = state.cfg, state.task
-    state.model = state.source.load_model(task.auto_model_class(), **task.model_kwargs())
     distiller = build(cfg.distill)(task=task, student=state.model)
     state.quantization = build(cfg.quant)
     state.quantization.prepare(state.model)
@@ -296,7 +306,7 @@ def export(state: RunState) -> None:
     state.accelerator.wait_for_everyone()
 
 
-STAGES = (setup_model, setup_data, setup_training, fit, post_training, quantize, save, export)
+STAGES = (setup_model, setup_task, load_model, setup_data, setup_training, fit, post_training, quantize, save, export)
 
 
 def _calibration_loader(state: RunState) -> DataLoader:

@@ -322,9 +322,9 @@ def _call(callbacks, hook: str, *args) -> None:
             method(*args)
 
 
-def _parameter_groups(model: torch.nn.Module, weight_decay: float, no_decay_modules: Sequence[str] = ()) -> list[dict]:
-    """Weight decay on matrices only; biases and LayerNorm weights (1-D) are not decayed, nor the
-    parameters of modules whose name a ``no_decay_modules`` regex finds (``re.search``)."""
+def no_decay_patterns(model: torch.nn.Module, no_decay_modules: Sequence[str]) -> list[re.Pattern]:
+    """The ``no_decay_modules`` regexes compiled; ``ConfigError`` for one that is no regex or that
+    finds no module of ``model`` (a typo would silently decay what it meant to spare)."""
     patterns = []
     for pattern in no_decay_modules:
         try:
@@ -335,6 +335,13 @@ def _parameter_groups(model: torch.nn.Module, weight_decay: float, no_decay_modu
             ) from None
         if not any(patterns[-1].search(name) for name, _ in model.named_modules()):
             raise ConfigError(f"no_decay_modules={list(no_decay_modules)}: {pattern!r} matches no module of the model")
+    return patterns
+
+
+def _parameter_groups(model: torch.nn.Module, weight_decay: float, no_decay_modules: Sequence[str] = ()) -> list[dict]:
+    """Weight decay on matrices only; biases and LayerNorm weights (1-D) are not decayed, nor the
+    parameters of modules whose name a ``no_decay_modules`` regex finds (``re.search``)."""
+    patterns = no_decay_patterns(model, no_decay_modules)
 
     def decayed(name: str, p: torch.nn.Parameter) -> bool:
         module = name.rpartition(".")[0]

@@ -144,3 +144,27 @@ def test_no_decay_modules_matching_no_module_is_refused_before_the_data_loads(ma
     assert str(refused.value) == "no_decay_modules=['clasifier']: 'clasifier' matches no module of the model"
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["error"].startswith("ConfigError: no_decay_modules=")
+
+
+TINY = ["model=tiny", "task=sst2", "max_train_samples=16", "max_eval_samples=8", "max_length=16",
+        "num_train_epochs=1", "per_device_train_batch_size=8", "progress_bar=false"]
+
+
+def _tree(root: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file under root (Hydra's own .hydra/ and log aside): its mtime and contents."""
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(root.rglob("*"))
+            if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log"}
+
+
+def test_resume_auto_on_a_completed_run_says_so_and_rewrites_nothing(tiny_data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    command = [*TINY, f"data_root={tiny_data_root}", f"hydra.run.dir={run_dir}", "checkpointing_steps=epoch"]
+    first = _cli(*command, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = _tree(run_dir)
+    assert "summary.json" in before and "model/config.json" in before and any(k.startswith("checkpoints/") for k in before)
+    again = _cli(*command, "resume_from_checkpoint=auto", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip().splitlines()[-1] == (
+        f"prunelab: {run_dir} holds a completed run (see its summary.json); nothing to resume")
+    assert _tree(run_dir) == before

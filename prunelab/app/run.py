@@ -2,7 +2,8 @@
 
 ``run(cfg)`` returns the final eval metrics; ``python -m prunelab`` is a thin Hydra wrapper over it.
 What a run writes and when:
-- nothing, if the config is wrong and the directory holds another run's outputs (they are kept);
+- nothing, if the config is wrong and the directory holds another run's outputs (they are kept),
+  or with ``resume_from_checkpoint=auto`` in a directory whose run completed (one line says so);
 - ``summary.json`` at once (``running``), rewritten at the end: ``completed``, ``failed`` with
   the error, or ``preempted`` with the signal (after a checkpoint when checkpointing is on).
 """
@@ -24,11 +25,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from prunelab.app.cluster import join_submitit_tasks
 from prunelab.app.config import build, register_resolvers
-from prunelab.app.run_dir import check_resumable, clear_outputs, find_checkpoint, previous_outputs, truncate_metrics
+from prunelab.app.run_dir import (
+    check_resumable,
+    clear_outputs,
+    completed_run,
+    find_checkpoint,
+    previous_outputs,
+    truncate_metrics,
+)
 from prunelab.app.schema import check_config, check_inert_overrides
 from prunelab.app.stages import STAGES, RunState, check_pruning
 from prunelab.errors import ConfigError, RunInterrupted
-from prunelab.outputs import CONFIG, RunSummary, write_text_atomic
+from prunelab.outputs import CONFIG, SUMMARY, RunSummary, write_text_atomic
 from prunelab.train.checkpointing import read_position
 from prunelab.train.interrupts import StopOnSignal
 
@@ -52,10 +60,17 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, floa
     started = time.perf_counter()
     with StopOnSignal() as stop:
         try:
-            cfg, resume_from = _claim(cfg, out)
+            typed = _check(cfg, out)
+            finished = completed_run(out) if typed.resume_from_checkpoint == "auto" else None
+            if finished is not None:
+                # A requeued or repeated command: starting over would replace the finished results.
+                print(f"prunelab: {out} holds a completed run (see its {SUMMARY}); nothing to resume")
+                return finished["metrics"]
+            resume_from = _claim(typed, out)
         except ConfigError as error:
             _record_refusal(cfg, out, error)
             raise
+        cfg = typed
         join_submitit_tasks()
         # cpu=True where no accelerator exists: only then does accelerate take torchrun's
         # processes as one data-parallel group (gloo) instead of N independent runs.
@@ -83,9 +98,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, floa
     return state.metrics
 
 
-def _claim(cfg: DictConfig, out: Path) -> tuple[DictConfig, Path | None]:
-    """The checked config, and the checkpoint to resume from; the run directory made ready:
-    a directory holding another run is refused unless resuming or overwriting."""
+def _check(cfg: DictConfig, out: Path) -> DictConfig:
+    """The checked config; the run directory exists and is writable."""
     typed = check_config(cfg)
     if HydraConfig.initialized() and HydraConfig.get().mode != RunMode.MULTIRUN:
         check_inert_overrides(typed, list(HydraConfig.get().overrides.task))
@@ -98,6 +112,12 @@ def _claim(cfg: DictConfig, out: Path) -> tuple[DictConfig, Path | None]:
         raise ConfigError(f"output directory {out}: cannot be created ({error.strerror or error})") from None
     if not os.access(out, os.W_OK):
         raise ConfigError(f"output directory {out}: not writable")
+    return typed
+
+
+def _claim(typed: DictConfig, out: Path) -> Path | None:
+    """The checkpoint to resume from; the run directory made ready: a directory holding another
+    run is refused unless resuming or overwriting."""
     resume = typed.resume_from_checkpoint
     checkpoint = find_checkpoint(resume, out) if resume is not None else None
     if checkpoint is not None:
@@ -116,7 +136,7 @@ def _claim(cfg: DictConfig, out: Path) -> tuple[DictConfig, Path | None]:
             "set resume_from_checkpoint=<dir> to continue it, overwrite_output_dir=true to replace it, "
             "or choose another hydra.run.dir"
         )
-    return typed, checkpoint
+    return checkpoint
 
 
 def _record_refusal(cfg: DictConfig, out: Path, error: ConfigError) -> None:

@@ -32,6 +32,16 @@ def clear_outputs(out: Path) -> None:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
+def completed_run(out: Path) -> dict | None:
+    """The summary of the run in ``out`` if it completed, else None."""
+    path = out / SUMMARY
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none yet, or cut short mid-write: not a completed run
+        return None
+    return summary if summary.get("status") == "completed" else None
+
+
 def find_checkpoint(value: str, out: Path) -> Path | None:
     """The checkpoint ``resume_from_checkpoint=value`` names: a checkpoint directory, a run
     directory (its newest checkpoint), or ``auto`` (this run directory's newest, None if none)."""

@@ -63,6 +63,12 @@ def test_every_task_option_instantiates(make_config, name):
 @pytest.mark.parametrize("pruner", options("pruner"))
 def test_every_pattern_and_pruner_prepares_the_engine(make_config, tiny_model, pattern, pruner):
     cfg = make_config(f"pattern={pattern}", f"pruner={pruner}", "target_sparsity=0.25", "progressive=false")
+    if pruner in ("wanda", "sparsegpt"):  # one-shot from calibration inputs: per row (1x1) or N of every M, at N/M
+        cfg = make_config(f"pattern={pattern}", f"pruner={pruner}", "scheduler=oneshot", "progressive=false")
+        if pattern not in ("1x1", "1:4", "2:4", "2in4", "4:8"):
+            with pytest.raises(ConfigError, match=f"pattern='{pattern}': pruning_type='{pruner}' chooses weights"):
+                engine_config(cfg, steps_per_epoch=10)
+            return
     if pruner == "obs" and pattern in ("head", "neuron"):  # second order: one module per Fisher block
         with pytest.raises(ValueError, match=f"does not prune coupled units \\(pattern='{pattern}'\\)"):
             prunelab.prepare_pruning(tiny_model, engine_config(cfg, steps_per_epoch=10))

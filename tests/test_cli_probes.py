@@ -168,3 +168,18 @@ def test_resume_auto_on_a_completed_run_says_so_and_rewrites_nothing(tiny_data_r
     assert again.stdout.strip().splitlines()[-1] == (
         f"prunelab: {run_dir} holds a completed run (see its summary.json); nothing to resume")
     assert _tree(run_dir) == before
+
+
+def test_a_dense_run_notes_the_pruning_keys_its_preset_set(tiny_data_root, tmp_path):
+    (tmp_path / "conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "conf" / "experiment" / "dense.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /pattern: 1x1\n"
+        "do_prune: false\ntarget_sparsity: 0.9\npruning_frequency: 7\n", encoding="utf-8")
+    run_dir = tmp_path / "run"
+    result = _cli("--config-dir", str(tmp_path / "conf"), *TINY, "save_model=false", "experiment=dense",
+                  f"data_root={tiny_data_root}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["do_prune"] is False
+    assert ("do_prune=false: no effect from the preset's pruning.pattern=1x1, target_sparsity=0.9, "
+            "pruning_frequency=7") in summary["notes"]

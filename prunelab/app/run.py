@@ -19,6 +19,8 @@ import torch
 import transformers
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -33,7 +35,7 @@ from prunelab.app.run_dir import (
     previous_outputs,
     truncate_metrics,
 )
-from prunelab.app.schema import check_config, check_inert_overrides
+from prunelab.app.schema import PRUNING_ONLY_KEYS, check_config, check_inert_overrides
 from prunelab.app.stages import STAGES, RunState, check_pruning
 from prunelab.errors import ConfigError, RunInterrupted
 from prunelab.outputs import CONFIG, SUMMARY, RunSummary, write_text_atomic
@@ -41,6 +43,8 @@ from prunelab.train.checkpointing import read_position
 from prunelab.train.interrupts import StopOnSignal
 
 register_resolvers()
+# The keys that the pattern and pruner groups set.
+PRUNING_GROUP_KEYS = {"pattern": "pruning.pattern", "pruner": "pruning.pruning_type"}
 # The run shows one progress bar (training); tokenizing, shard writing and loading stay quiet.
 datasets.disable_progress_bars()
 transformers.utils.logging.disable_progress_bar()
@@ -78,6 +82,10 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, floa
         summary = RunSummary(out, writes=accelerator.is_main_process, **_describe(cfg))
         if resume_from is not None:
             summary.update(notes=[f"resumed from {resume_from} (step {read_position(resume_from).step})"])
+        ignored = {} if cfg.do_prune else _preset_pruning_keys(cfg)
+        if ignored:
+            keys = ", ".join(f"{key}={value}" for key, value in ignored.items())
+            summary.update(notes=[*summary.fields["notes"], f"do_prune=false: no effect from the preset's {keys}"])
         try:
             summary.write()
             if accelerator.is_main_process:
@@ -137,6 +145,30 @@ def _claim(typed: DictConfig, out: Path) -> Path | None:
             "or choose another hydra.run.dir"
         )
     return checkpoint
+
+
+def _preset_pruning_keys(cfg: DictConfig) -> dict:
+    """The pruning keys whose values differ from those composed without ``experiment=``: what a
+    preset set, and a dense run ignores. (Presets may set any key; the command line may not set
+    these for a dense run: check_inert_overrides.)"""
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    without = [o for o in overrides if o.split("=")[0].lstrip("+~") != "experiment"]
+    if GlobalHydra.instance().is_initialized():  # inside the Hydra app: its own search path
+        plain = compose("config", overrides=without)
+    else:
+        with initialize_config_module("prunelab.conf", version_base="1.3"):
+            plain = compose("config", overrides=without)
+    given, default = _pruning_values(cfg), _pruning_values(plain)
+    return {key: value for key, value in given.items() if value != default.get(key)}
+
+
+def _pruning_values(cfg: DictConfig) -> dict:
+    # pruning.target_sparsity follows target_sparsity; the scheduler's keys are its leaves.
+    paths = [PRUNING_GROUP_KEYS.get(key, key) for key in PRUNING_ONLY_KEYS
+             if key != "pruning.target_sparsity" and not key.startswith("scheduler")]
+    values = {path: OmegaConf.select(cfg, path) for path in paths}
+    scheduler = OmegaConf.to_container(cfg.scheduler, resolve=True)
+    return {**values, **{f"scheduler.{key}": value for key, value in scheduler.items()}}
 
 
 def _record_refusal(cfg: DictConfig, out: Path, error: ConfigError) -> None:

@@ -251,7 +251,7 @@ def test_export_of_shape_keeping_zeros_claims_no_speedup_and_bad_run_dirs_are_on
         "torch_dense_ms", "torch_compacted_ms", "torch_compacted_ratio"}
 
     capsys.readouterr()
-    assert export_main([str(tmp_path / "nowhere")]) == 1
+    assert export_main([str(tmp_path / "nowhere")]) == 2  # bad input: one line, exit 2 (as every entry point)
     error = capsys.readouterr().err
     assert error.startswith("prunelab.export: ") and error.count("\n") == 1 and "no saved model" in error
 

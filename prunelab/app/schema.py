@@ -120,11 +120,11 @@ _RUNTIME_KEYS = {
     "task": {"data_root", "max_length", "max_train_samples", "max_eval_samples", "seed"},
     "distill": {"task", "student"},
 }
-# What the run calls on a group's built object (distill: a function of task and student, above).
+# What the run calls or reads on a group's built object (distill: a function of task and student, above).
 _GROUP_METHODS = {
     "model": ("load_tokenizer", "load_model", "max_input_tokens"),
     "task": ("load", "auto_model_class", "model_kwargs", "compute_metrics"),
-    "scheduler": ("engine_keys",),
+    "scheduler": ("engine_keys", "one_shot", "lr_rewinding"),
     "quant": ("prepare", "release"),
     "export": ("run",),
 }
@@ -352,7 +352,8 @@ def _check_values(cfg: DictConfig, given: dict) -> None:
 
 def _check_no_effect(cfg: DictConfig, given: dict) -> None:
     """Settings that the chosen options would silently ignore."""
-    distilling = cfg.distill is not None and "_target_" in cfg.distill and cfg.distill._target_.endswith("KnowledgeDistiller")
+    # Each option declares what it is (a distiller ``distils``, a schedule is ``one_shot``): no names are read.
+    distilling = cfg.distill is not None and "_target_" in cfg.distill and getattr(get_object(cfg.distill._target_), "distils", False)
     if cfg.distill_loss_weight is not None and not distilling:
         raise ConfigError(
             f"distill_loss_weight={given['distill_loss_weight']}: has no effect without distillation; add distill=kd|hidden_mse|layerwise|simkd"
@@ -363,7 +364,7 @@ def _check_no_effect(cfg: DictConfig, given: dict) -> None:
         raise ConfigError(f"export={cfg.export.kind}: works on the saved model; set save_model=true")
     if cfg.pruning_config is not None and not cfg.do_prune:
         raise ConfigError(f"pruning_config={given['pruning_config']}: has no effect with do_prune=false")
-    oneshot = cfg.scheduler._target_.endswith("OneShotSchedule")
+    oneshot = get_object(cfg.scheduler._target_).one_shot
     if cfg.do_prune and oneshot and cfg.pruning_frequency is not None:
         raise ConfigError(f"pruning_frequency={given['pruning_frequency']}: has no effect with scheduler=oneshot (one update)")
     if cfg.do_prune and oneshot and cfg.cooldown_epochs:

@@ -26,7 +26,7 @@ from prunelab.app.quantization import QUANTIZED_DIR, check_reload
 from prunelab.app.schema import checkpoint_every
 from prunelab.errors import ConfigError
 from prunelab.outputs import METRICS, RunSummary, append_jsonl, save_model
-from prunelab.sparsity.config import calibrated
+from prunelab.sparsity.config import PruningConfig, calibrated
 from prunelab.sparsity.criteria import CRITERIA
 from prunelab.train.checkpointing import CHECKPOINTS, CheckpointPolicy
 from prunelab.train.evaluation import predict
@@ -132,7 +132,7 @@ def _prune_before_training(cfg: DictConfig, keys: dict, pruner: str, examples_pe
     """wanda, sparsegpt: the one-shot prune at the end of the calibration passes, which run before
     training (or instead of it); the masks then stay while the model fine-tunes."""
     why = f"pruner={pruner} (it prunes once, from calibration passes, before training)"
-    if not cfg.scheduler._target_.endswith("OneShotSchedule"):
+    if not build(cfg.scheduler).one_shot:
         raise ConfigError(f"scheduler: {why} needs scheduler=oneshot")
     given = [key for key in STEP_KEYS if key in keys]
     if given:
@@ -206,11 +206,13 @@ def setup_training(state: RunState) -> None:
     state.trainer = Trainer(state.model, task, state.data, _train_config(cfg), state.accelerator)
     examples_per_step = cfg.per_device_train_batch_size * state.accelerator.num_processes
     config = engine_config(cfg, state.trainer.steps_per_epoch, examples_per_step)
+    # Parsed once, here; every use below reads this parse.
+    parsed = _parse_engine_config(config, state.trainer.total_steps) if cfg.do_prune else None
     # wanda, sparsegpt: calibration passes and the prune come before training, outside its steps
-    prunes_first = cfg.do_prune and calibrated(_parse_engine_config(config))
+    prunes_first = cfg.do_prune and calibrated(parsed)
     if cfg.do_prune and cfg.num_train_epochs and not prunes_first:  # without training its steps are gradient passes
-        _check_steps_fit(config, state.trainer.total_steps)
-    state.pruning = _prepare_pruning(config, state.model) if cfg.do_prune else None
+        _check_steps_fit(parsed, state.trainer.total_steps)
+    state.pruning = _prepare_pruning(parsed, state.model) if cfg.do_prune else None
     if cfg.do_prune and build(cfg.scheduler).lr_rewinding:
         state.trainer.rewind_learning_rate(state.pruning.pruning_steps())
     state.gradient_steps = config["start_step"] if cfg.do_prune and (cfg.num_train_epochs == 0 or prunes_first) else 0
@@ -328,19 +330,19 @@ def _check_input_fits(task, source) -> None:
         raise ConfigError(f"{key}={length}: longer than the {positions} tokens the model's position embeddings hold; give at most {positions}")
 
 
-def _check_steps_fit(config: dict, total_steps: int) -> None:
+def _check_steps_fit(config: PruningConfig, total_steps: int) -> None:
     """Step keys given by hand (or by a recipe file) must fall inside this run's training, else the
     target would silently never be reached."""
-    for index, group in enumerate(_parse_engine_config(config, total_steps).groups):
+    for index, group in enumerate(config.groups):
         if group.end_step >= total_steps and group.target_sparsity > 0 and group.pruning_type != "pattern_lock":
-            where = f"pruning_configs[{index}]." if len(config.get("pruning_configs") or []) > 1 else ""
+            where = f"pruning_configs[{index}]." if len(config.groups) > 1 else ""
             raise ConfigError(
                 f"pruning.{where}end_step={group.end_step}: past the last optimizer step of this run "
                 f"({total_steps - 1}; {total_steps} steps in all), so the target would never be reached"
             )
 
 
-def _prepare_pruning(config: dict, model):
+def _prepare_pruning(config: dict | PruningConfig, model):
     try:
         return prunelab.prepare_pruning(model, config)
     except ValueError as error:

@@ -33,7 +33,7 @@ PADDING_LOGIT = -1.0e4
 
 
 def no_distillation(task: Task, student: torch.nn.Module) -> None:
-    """``distill=none``: the run trains on the task loss alone."""
+    """``distill=none``: the run trains on the task loss alone (it declares no ``distils``)."""
     return None
 
 
@@ -46,6 +46,7 @@ class TeacherDistiller:
     A subclass gives ``_teacher_targets(batch)`` (a tuple of [batch, ...] tensors, no gradient) and
     ``extra_loss``; ``forward_kwargs`` are passed to the student's forward by the loop."""
 
+    distils = True  # the config checks read this: distill_loss_weight and training have an effect
     forward_kwargs: dict = {}
     fill_value = 0.0  # fills stored per-token targets past each batch's length
 

@@ -43,6 +43,7 @@ class IterativeSchedule:
     step 0 to the first pruning update and from each update to the next (the last: to the end of
     training), restarting at its peak after every update (oBERT's GMP* and oBERT recipes)."""
 
+    one_shot = False  # masks change over a window of steps (read by the config checks; not a config key)
     sparsity_decay_type: str = "exp"
     initial_sparsity: float = 0.0
     lr_rewinding: bool = False
@@ -82,6 +83,7 @@ class OneShotSchedule:
     so gradient-based criteria have one step of gradients to score); masks then stay. Without
     training (``num_train_epochs=0``), after the gradient passes the criterion needs."""
 
+    one_shot = True  # one mask update: settings about later updates have no effect (not a config key)
     lr_rewinding = False  # one update: no learning rate to rewind (not a config key)
 
     def engine_keys(self, steps: PruningSteps, pruning_frequency: int | None) -> dict:

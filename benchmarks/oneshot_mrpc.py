@@ -113,8 +113,12 @@ class Bench:
     def run_curve(self, criterion: str, pattern: str, targets, steps: int):
         """One gradient phase for all targets: the state before the update is kept and reloaded."""
         model = self.fresh()
-        before = rss_bytes()
         pruning = prunelab.prepare_pruning(model, self.config(criterion, pattern, targets[0], steps))
+        # One backward pass first, so that the growth measured below is the Fisher's alone, not the
+        # gradients' and activations' memory every training step needs.
+        model(**next(self.batches())).loss.backward()
+        model.zero_grad(set_to_none=True)
+        before = rss_bytes()
         hooks = self.gradient_steps(model, pruning, steps, stop_before_update=True)
         held = rss_bytes() - before
         group = pruning.groups[0]

@@ -46,8 +46,9 @@ class ObsGroup(PruningGroup):
         self.settings = config.obs_settings
         self.num_grads, self.recomputations = obs_window(config)
         self.block_sizes = {op.name: self._block_size(op) for op in self.ops}
-        # Gradients seen but not yet in the inverse (at most GRADIENT_CHUNK - 1 per op), flat [blocks, B].
-        self._pending: dict[str, list[torch.Tensor]] = {}
+        # Gradients seen but not yet in the inverse, per op: a [blocks, B, GRADIENT_CHUNK] buffer
+        # (written in place: no stacked copy) and how many of its columns are filled.
+        self._pending: dict[str, tuple[torch.Tensor, int]] = {}
         self._check_memory()
 
     def _block_size(self, op: PrunedOp) -> int:
@@ -174,16 +175,18 @@ class ObsGroup(PruningGroup):
             if op.state is None:
                 size = self.block_sizes[op.name]
                 op.state = fisher.damped_inverse(self._blocks(op), size, self.settings.damp, op.weight.device)
-            pending = self._pending.setdefault(op.name, [])
-            pending.append(self._flat(op, op.view.to_2d(op.weight.grad)))
-            if len(pending) == GRADIENT_CHUNK:
+            buffer, count = self._pending.get(op.name) or (op.state.new_empty(*op.state.shape[:2], GRADIENT_CHUNK), 0)
+            buffer[:, :, count] = self._flat(op, op.view.to_2d(op.weight.grad))
+            self._pending[op.name] = (buffer, count + 1)
+            if count + 1 == GRADIENT_CHUNK:
                 self._flush(op)
 
     def _flush(self, op: PrunedOp) -> None:
         """Fold ``op``'s pending gradients into its inverse in one rank-k step."""
-        pending = self._pending.pop(op.name, None)
-        if pending:
-            fisher.add_gradients(op.state, torch.stack(pending, dim=2), self.num_grads)
+        buffer, count = self._pending.get(op.name) or (None, 0)
+        if count:
+            fisher.add_gradients(op.state, buffer[:, :, :count], self.num_grads)
+            self._pending[op.name] = (buffer, 0)
 
     # ------------------------------------------------------------------------ mask updates
     @torch.no_grad()
@@ -207,6 +210,7 @@ class ObsGroup(PruningGroup):
             self.apply_masks()  # pruned weights land on exact zeros (the correction leaves ~1e-7)
         for op in self.ops:
             op.state = None
+        self._pending.clear()  # the buffers go with the inverses: the next window starts afresh
 
     def _score(self, op: PrunedOp, out: torch.Tensor) -> object:
         n_in_m = isinstance(self.pattern, NInMPattern)  # scored per weight, see the module docstring
@@ -221,15 +225,17 @@ class ObsGroup(PruningGroup):
 
     # -------------------------------------------------------------------------- checkpoint
     def _op_state(self, op: PrunedOp) -> dict:
-        pending = self._pending.get(op.name)
-        return {**super()._op_state(op), "pending": None if not pending else torch.stack(pending).cpu()}
+        buffer, count = self._pending.get(op.name) or (None, 0)
+        return {**super()._op_state(op), "pending": buffer[:, :, :count].clone().cpu() if count else None}
 
     def _load_op(self, op: PrunedOp, entry: dict) -> None:
         super()._load_op(op, entry)
-        pending = entry.get("pending")
         self._pending.pop(op.name, None)
+        pending = entry.get("pending")
         if pending is not None:
-            self._pending[op.name] = list(pending.to(op.weight.device).unbind(0))
+            buffer = op.state.new_empty(*op.state.shape[:2], GRADIENT_CHUNK)
+            buffer[:, :, : pending.shape[2]] = pending.to(buffer.device)
+            self._pending[op.name] = (buffer, pending.shape[2])
 
 
 def _free_bytes(device: torch.device) -> int | None:

@@ -23,6 +23,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from prunelab.app.cluster import join_submitit_tasks
@@ -128,6 +129,7 @@ def _claim(typed: DictConfig, out: Path) -> Path | None:
     run is refused unless resuming or overwriting."""
     resume = typed.resume_from_checkpoint
     checkpoint = find_checkpoint(resume, out) if resume is not None else None
+    task_files = get_object(typed.task._target_).output_files  # the files its task declares it writes
     if checkpoint is not None:
         if checkpoint.parent.parent.resolve() != out.resolve():
             raise ConfigError(
@@ -137,10 +139,10 @@ def _claim(typed: DictConfig, out: Path) -> Path | None:
         check_resumable(checkpoint, OmegaConf.to_yaml(typed, resolve=True), resume)
         truncate_metrics(out, read_position(checkpoint).step)
     elif typed.overwrite_output_dir or resume == "auto":
-        clear_outputs(out)  # auto without a checkpoint: the run starts over
-    elif previous_outputs(out):
+        clear_outputs(out, task_files)  # auto without a checkpoint: the run starts over
+    elif previous_outputs(out, task_files):
         raise ConfigError(
-            f"output directory {out} holds a previous run ({', '.join(previous_outputs(out))}); "
+            f"output directory {out} holds a previous run ({', '.join(previous_outputs(out, task_files))}); "
             "set resume_from_checkpoint=<dir> to continue it, overwrite_output_dir=true to replace it, "
             "or choose another hydra.run.dir"
         )
@@ -173,7 +175,9 @@ def _pruning_values(cfg: DictConfig) -> dict:
 
 def _record_refusal(cfg: DictConfig, out: Path, error: ConfigError) -> None:
     """A ``failed`` summary.json for a config refused at once, where that destroys nothing: the
-    directory must exist, be writable and hold no previous run (and only process 0 writes)."""
+    directory must exist, be writable and hold no previous run (and only process 0 writes). Every
+    run writes summary.json first, so RUN_OUTPUTS tell a previous run without importing the task of
+    an unchecked config."""
     if int(os.environ.get("RANK", "0")) != 0 or not out.is_dir() or previous_outputs(out) or not os.access(out, os.W_OK):
         return
     RunSummary(out, **_describe(cfg)).write(status="failed", error=f"ConfigError: {error}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Sequence
 
 from omegaconf import OmegaConf
 
@@ -14,20 +15,21 @@ from prunelab.errors import ConfigError
 from prunelab.outputs import CONFIG, METRICS, MODEL_DIR, SUMMARY, write_text_atomic
 from prunelab.train.checkpointing import CHECKPOINTS, TRAINER_STATE, list_checkpoints, read_position
 
-# What a run writes into its directory (Hydra's .hydra/ and log files are Hydra's).
-RUN_OUTPUTS = (SUMMARY, METRICS, CONFIG, MODEL_DIR, f"{MODEL_DIR}.tmp", CHECKPOINTS, QUANTIZED_DIR, "export",
-               "predictions.json", "null_odds.json")
+# What every run writes into its directory (Hydra's .hydra/ and log files are Hydra's); its task's
+# own files (``Task.output_files``) come on top.
+RUN_OUTPUTS = (SUMMARY, METRICS, CONFIG, MODEL_DIR, f"{MODEL_DIR}.tmp", CHECKPOINTS, QUANTIZED_DIR, "export")
 # Keys that may differ between a checkpointed run and its resumption.
 RESUME_MAY_CHANGE = ("resume_from_checkpoint", "overwrite_output_dir", "checkpointing_steps", "checkpoints_to_keep",
                      "progress_bar")
 
 
-def previous_outputs(out: Path) -> list[str]:
-    return [name for name in RUN_OUTPUTS if (out / name).exists()]
+def previous_outputs(out: Path, task_files: Sequence[str] = ()) -> list[str]:
+    """The outputs ``out`` holds: RUN_OUTPUTS and ``task_files``, those the task declares."""
+    return [name for name in (*RUN_OUTPUTS, *task_files) if (out / name).exists()]
 
 
-def clear_outputs(out: Path) -> None:
-    for name in previous_outputs(out):
+def clear_outputs(out: Path, task_files: Sequence[str]) -> None:
+    for name in previous_outputs(out, task_files):
         path = out / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 

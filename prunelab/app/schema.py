@@ -29,7 +29,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 from transformers import SchedulerType
 
-from prunelab.app.config import to_input_path
+from prunelab.app.config import build, to_input_path
 from prunelab.errors import ConfigError
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -123,10 +123,10 @@ _RUNTIME_KEYS = {
 # What the run calls or reads on a group's built object (distill: a function of task and student, above).
 _GROUP_METHODS = {
     "model": ("load_tokenizer", "load_model", "max_input_tokens"),
-    "task": ("load", "auto_model_class", "model_kwargs", "compute_metrics"),
+    "task": ("load", "auto_model_class", "model_kwargs", "compute_metrics", "per_token_outputs"),
     "scheduler": ("engine_keys", "one_shot", "lr_rewinding"),
     "quant": ("prepare", "release"),
-    "export": ("run",),
+    "export": ("run", "int8_backends"),
 }
 
 
@@ -362,6 +362,10 @@ def _check_no_effect(cfg: DictConfig, given: dict) -> None:
         _check_without_training(cfg, given, distilling)
     if cfg.export.kind != "none" and not cfg.save_model:
         raise ConfigError(f"export={cfg.export.kind}: works on the saved model; set save_model=true")
+    int8_backends = build(cfg.export).int8_backends  # unknown backend names are refused here too
+    if int8_backends and not get_object(cfg.quant._target_).converts_compacted:
+        raise ConfigError(f"export.backends: {', '.join(int8_backends)} runs the int8 model of the compacted one, "
+                          "which quant=dynamic or quant=static makes")
     if cfg.pruning_config is not None and not cfg.do_prune:
         raise ConfigError(f"pruning_config={given['pruning_config']}: has no effect with do_prune=false")
     oneshot = get_object(cfg.scheduler._target_).one_shot

@@ -36,11 +36,20 @@ class TaskData:
 class Task(ABC):
     """Base class. Constructed by Hydra from ``conf/task/<name>.yaml`` plus run-time keywords:
     ``data_root`` (str | None), ``max_length`` (int), ``max_train_samples`` / ``max_eval_samples``
-    (int | None), ``seed`` (int)."""
+    (int | None), ``seed`` (int).
+
+    The core reads only what a task declares here (docs/extending.md), never its name or family."""
 
     name: str
-    family: str  # "glue" | "squad": pairs dense/sparse rows in reports and picks the model head
+    family: str  # reported as summary.json's task_family (pairs dense/sparse rows in reports); never branched on
     main_metric: str  # metric key without the "eval/" prefix, e.g. "accuracy" or "f1"
+    # Whether each tensor of ``logits`` holds one value per input token ([batch, seq], e.g. SQuAD's
+    # start/end) rather than per example: distillation then leaves padding positions out, and
+    # per-token features of a whole training set are too large to precompute.
+    per_token_outputs: bool
+    # Files ``write_predictions`` may write into the run directory: a run that replaces an earlier
+    # one in the same directory removes them with the rest of its outputs.
+    output_files: tuple[str, ...] = ()
 
     @abstractmethod
     def input_length(self) -> tuple[str, int]:
@@ -68,4 +77,4 @@ class Task(ABC):
         Keys carry no prefix (``accuracy``, ``f1``, ``exact_match`` ...)."""
 
     def write_predictions(self, logits: tuple[np.ndarray, ...], data: TaskData, out_dir: Path) -> None:
-        """Write task-specific prediction files into ``out_dir`` (SQuAD: predictions.json)."""
+        """Write task-specific prediction files into ``out_dir``, each named in ``output_files``."""

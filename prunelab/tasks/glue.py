@@ -27,6 +27,7 @@ class GlueTask(Task):
     """
 
     family = "glue"
+    per_token_outputs = False  # one row of logits per sentence (pair)
 
     def __init__(
         self,

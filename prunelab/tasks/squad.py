@@ -15,6 +15,9 @@ from prunelab.tasks.squad_metric import squad_v1_scores, squad_v2_scores
 from prunelab.tasks.squad_processing import Windows, answer_positions, extract_answers, tokenize_windows
 from prunelab.errors import ConfigError
 
+PREDICTIONS_FILE = "predictions.json"
+NULL_ODDS_FILE = "null_odds.json"
+
 
 class SquadTask(Task):
     """Extractive QA on SQuAD.
@@ -33,6 +36,8 @@ class SquadTask(Task):
 
     family = "squad"
     main_metric = "f1"
+    per_token_outputs = True  # start/end logits: one per token of each window
+    output_files = (PREDICTIONS_FILE, NULL_ODDS_FILE)  # null odds: v2 only
 
     def __init__(
         self,
@@ -151,10 +156,10 @@ class SquadTask(Task):
         answers = predictions.answers(self.with_null, self.null_score_diff_threshold)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "predictions.json").write_text(json.dumps(dict(zip(ids, answers)), indent=1, ensure_ascii=False))
+        (out_dir / PREDICTIONS_FILE).write_text(json.dumps(dict(zip(ids, answers)), indent=1, ensure_ascii=False))
         if self.with_null:
             null_odds = dict(zip(ids, predictions.null_score_diff.tolist()))
-            (out_dir / "null_odds.json").write_text(json.dumps(null_odds, indent=1))
+            (out_dir / NULL_ODDS_FILE).write_text(json.dumps(null_odds, indent=1))
 
 
 def _check_version(version) -> str:

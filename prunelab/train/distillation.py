@@ -8,8 +8,8 @@ the loop trains on the distillation term alone (``replaces_task_loss``), as INC'
 
 ``kd`` (``KnowledgeDistiller``, here): loss_weight * mean over the task's logit tensors of
 KL(teacher || student) on softmax at ``temperature``, scaled by T^2 (one-output regression heads use
-MSE instead). Per-token logits (shape [batch, seq], e.g. SQuAD start/end) ignore padding positions,
-so teacher logits precomputed under one padding give the same loss under any other.
+MSE instead). Per-token logits (a task's ``per_token_outputs``, e.g. SQuAD start/end, [batch, seq])
+ignore padding positions, so teacher logits precomputed under one padding give the same loss under any other.
 ``hidden_mse`` and ``simkd`` (feature distillation) live in ``prunelab.train.feature_distillation``.
 """
 from __future__ import annotations
@@ -148,7 +148,7 @@ class KnowledgeDistiller(TeacherDistiller):
             return tuple(t.detach() for t in self.task.logits(self.teacher(**batch)))
 
     def _divergence(self, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        if mask is not None and student.shape == mask.shape:
+        if mask is not None and self.task.per_token_outputs:
             padding = mask == 0
             student = student.masked_fill(padding, PADDING_LOGIT)
             teacher = teacher.masked_fill(padding, PADDING_LOGIT)

@@ -107,9 +107,9 @@ class ReusedClassifierKnowledgeDistiller(TeacherDistiller):
 
     replace_task_loss: true (SimKD) trains on this term alone; false adds the task loss, whose
     gradient reaches the student's features through the reused head (not P). precompute: only for
-    per-example features (GLUE); per-token ones (SQuAD) do not fit in memory. P trains with AdamW at
-    the trainer's learning rate and betas, no weight decay, no gradient clipping; its state is saved
-    in checkpoints.
+    per-example features (GLUE); per-token ones (a task with ``per_token_outputs``: SQuAD) do not
+    fit in memory. P trains with AdamW at the trainer's learning rate and betas, no weight decay, no
+    gradient clipping; its state is saved in checkpoints.
     """
 
     def __init__(
@@ -121,7 +121,7 @@ class ReusedClassifierKnowledgeDistiller(TeacherDistiller):
         replace_task_loss: bool = True,
         precompute: bool = False,
     ):
-        if precompute and task.family == "squad":
+        if precompute and task.per_token_outputs:  # the head then reads per-token features too
             raise ConfigError(
                 "distill.precompute=true: simkd's teacher features are per token for this task; those of the "
                 "whole training set do not fit in memory; set distill.precompute=false"

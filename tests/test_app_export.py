@@ -14,7 +14,7 @@ from prunelab.quant import load_quantized
 
 def test_heads_and_neurons_are_cut_out_exactly(make_config, tmp_path):
     run(make_config("task=sst2", "max_train_samples=64", "num_train_epochs=2", "experiment=heads-neurons",
-                    "export.onnx=false", "export.latency_runs=0"), tmp_path)
+                    "export.backends=[torch]", "export.latency_runs=0"), tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     report = json.loads((tmp_path / "export" / "export.json").read_text())
     assert summary["pattern"] == "head+neuron" and summary["notes"][-1].startswith("export: ")
@@ -37,13 +37,32 @@ def test_export_needs_the_saved_model(make_config, tmp_path):
     assert str(caught.value) == "export=compact: works on the saved model; set save_model=true"
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["export.backends=[torch,tensorrt]"],
+     "export.backends=[torch, tensorrt]: no backend 'tensorrt'; allowed: torch, onnxruntime, openvino"),
+    (["export.backends=[torch,torch]"],
+     "export.backends=[torch, torch]: give each backend once, at least one of: torch, onnxruntime, openvino"),
+    (["export.backends=[openvino]"],
+     "export.backends: openvino runs the int8 model of the compacted one, which quant=dynamic or quant=static makes"),
+    (["export.backends=[openvino]", "quant=qat"],
+     "export.backends: openvino runs the int8 model of the compacted one, which quant=dynamic or quant=static makes"),
+])
+def test_bad_backends_are_refused_in_one_line_before_anything_loads(make_config, tmp_path, overrides, message):
+    with pytest.raises(ConfigError) as caught:
+        run(make_config("export=compact", *overrides), tmp_path)
+    assert str(caught.value) == message
+    # Refused by the config check: only the refusal's summary.json is written.
+    assert [path.name for path in tmp_path.iterdir()] == ["summary.json"]
+
+
 def test_static_int8_of_the_compacted_model_matches_int8_of_the_masked_one(make_config, tmp_path):
     run(make_config("task=sst2", "max_train_samples=64", "num_train_epochs=2", "experiment=heads-neurons",
-                    "export.onnx=false", "export.latency_runs=2", "quant=static",
+                    "export.backends=[torch,openvino]", "export.latency_runs=2", "quant=static",
                     "quant.num_calibration_samples=32"), tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     report = json.loads((tmp_path / "export" / "export.json").read_text())
     int8_files = (tmp_path / "export" / "quantized").iterdir()
+    assert report["backends"] == ["torch", "openvino"] and report["onnx"] is None
     assert report["quantized"]["approach"] == "static"
     assert report["quantized"]["size_bytes"] == sum(path.stat().st_size for path in int8_files)
     assert report["quantized"]["max_abs_logit_diff_to_float"] > 0  # int8 rounding, reported

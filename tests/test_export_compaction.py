@@ -224,11 +224,15 @@ def test_cli_exports_a_run_dir_with_checked_logits_and_latencies(tmp_path):
     assert report["layers"]["bert.encoder.layer.1"]["heads"] == {"kept": [], "total": 4}
     assert report["layers"]["bert.encoder.layer.0"]["neurons"] == {"kept": 0, "total": 256}
     assert report["structure_removed"] is True and report["run"]["pattern"] == "head+neuron"
-    assert report["onnx"]["exporter"] == "torch.onnx.export(dynamo=True)"
+    assert report["backends"] == ["torch", "onnxruntime"] and report["quantized"] is None
+    assert report["load"] == "prunelab.export.load_compacted('<this dir>/model')"
+    assert report["onnx"]["exporter"] == "torch.onnx.export(dynamo=True)" and report["onnx"]["outputs"] == ["logits"]
     latency = report["latency"]
     assert (latency["runs"], latency["sequence_length"], latency["threads"]) == (2, 16, 1)
     for batch in ("batch_1", "batch_2"):
         row = latency[batch]
+        assert set(row) == {"torch_dense_ms", "torch_compacted_ms", "torch_compacted_ratio", "ort_compacted_ms",
+                            "ort_compacted_ratio"}
         assert row["torch_dense_ms"] > 0 and row["ort_compacted_ms"] > 0
         assert row["torch_compacted_ratio"] == pytest.approx(row["torch_compacted_ms"] / row["torch_dense_ms"])
     reloaded = load_compacted(out / "model")
@@ -242,7 +246,7 @@ def test_export_of_shape_keeping_zeros_claims_no_speedup_and_bad_run_dirs_are_on
     pruning.on_train_begin()
     pruning.on_step_begin(0)
     save_run(model, tmp_path / "run", "2:4")
-    report = export_run(tmp_path / "run", runs=1, batch_sizes=(1,), sequence=8, threads=1, onnx=False)
+    report = export_run(tmp_path / "run", runs=1, batch_sizes=(1,), sequence=8, threads=1, backends=("torch",))
     assert report["structure_removed"] is False and report["speedup_claimed"] is False
     assert report["note"].startswith("nothing removable") and "no speedup is claimed" in report["note"]
     assert report["parameters"]["before"] == report["parameters"]["after"]
@@ -254,6 +258,13 @@ def test_export_of_shape_keeping_zeros_claims_no_speedup_and_bad_run_dirs_are_on
     assert export_main([str(tmp_path / "nowhere")]) == 2  # bad input: one line, exit 2 (as every entry point)
     error = capsys.readouterr().err
     assert error.startswith("prunelab.export: ") and error.count("\n") == 1 and "no saved model" in error
+    for backends, why in (("torch,tensorrt", "no backend 'tensorrt'; allowed: torch, onnxruntime, openvino"),
+                          ("openvino", "openvino runs the int8 model of the compacted one")):
+        with pytest.raises(SystemExit) as caught:
+            export_main([str(tmp_path / "run"), "--backends", backends])
+        error = capsys.readouterr().err
+        assert caught.value.code == 2 and error.count("\n") == 1
+        assert error.startswith(f"python -m prunelab.export: error: argument --backends: {why}")
 
 
 def test_real_minilm_heads_and_neurons_compact_exactly():

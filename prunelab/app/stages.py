@@ -303,7 +303,8 @@ def export(state: RunState) -> None:
         if report["quantized"] is not None:
             note += f"; int8 ({report['quantized']['approach']}) of the compacted model in export/quantized"
         elif quantization.enabled:
-            note += f"; quant={quantization.approach}: the int8 model is quantized/ (uncompacted; its ranges were learned there)"
+            note += (f"; quant={quantization.approach}: the int8 model is quantized/ (uncompacted; the openvino export "
+                     "backend, with quant=dynamic|static, makes the compacted one)")
         state.summary.write(notes=[*state.summary.fields["notes"], note])
     state.accelerator.wait_for_everyone()
 

@@ -8,8 +8,9 @@
     export_onnx(result.model, "out/model.onnx")
 
 ``python -m prunelab.export RUN_DIR`` does all of it for a saved run and writes
-``RUN_DIR/export/`` (see ``docs/compaction.md``).
+``RUN_DIR/export/``, one part per export backend (``BACKENDS``; see ``docs/compaction.md``).
 """
+from prunelab.export.backends import BACKENDS, Backend
 from prunelab.export.compaction import (
     RECORD_KEY,
     BiasOnly,
@@ -26,7 +27,9 @@ from prunelab.export.run_dir import ExportError, export_run
 from prunelab.export.storage import load_compacted, save_compacted
 
 __all__ = [
+    "BACKENDS",
     "RECORD_KEY",
+    "Backend",
     "BiasOnly",
     "Compaction",
     "EmptyBlock",

@@ -1,6 +1,7 @@
-"""``python -m prunelab.export RUN_DIR``: compact a saved run's model, export it to ONNX, measure.
+"""``python -m prunelab.export RUN_DIR``: compact a saved run's model, export it, measure.
 
-Writes ``RUN_DIR/export/`` (``model/``, ``model.onnx``, ``export.json``); see docs/compaction.md.
+Writes ``RUN_DIR/export/`` (``export.json`` and each backend's files: ``model/``, ``model.onnx``
+by default); see docs/compaction.md.
 Exit codes: 0 done, 1 the export failed its logit check or could not run, 2 bad arguments (a
 RUN_DIR without a saved model included), each error one line.
 """
@@ -10,7 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from prunelab.export.run_dir import ExportError, export_run, model_dir_of
+from prunelab.export.backends import BACKENDS, backend_classes
+from prunelab.export.run_dir import DEFAULT_BACKENDS, ExportError, export_run, model_dir_of
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -23,11 +25,25 @@ def _sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def _backends(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    try:
+        classes = backend_classes(names)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    # The int8 model is made by a run's quant stage, from its calibration data: none here.
+    needing = [cls.name for cls in classes if cls.needs_int8]
+    if needing:
+        raise argparse.ArgumentTypeError(f"{', '.join(needing)} runs the int8 model of the compacted one, which only a "
+                                         "run with export=compact and quant=dynamic|static makes")
+    return names
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m prunelab.export",
-        description="Remove pruned attention heads and FFN neurons from RUN_DIR/model, export it to ONNX, check "
-        "that the logits match and measure latency; writes RUN_DIR/export/.",
+        description="Remove pruned attention heads and FFN neurons from RUN_DIR/model, export it with each backend, "
+        "check that the logits match and measure latency; writes RUN_DIR/export/.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a prunelab run directory (holding model/) or a model directory")
     p.add_argument("--output", default=None, help="where to write (default: RUN_DIR/export)")
@@ -36,7 +52,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=128, help="sequence length of the timed inputs (default 128)")
     p.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads (default 2)")
     p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo", help="torch.onnx exporter")
-    p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export and ONNX Runtime checks")
+    p.add_argument("--backends", type=_backends, default=DEFAULT_BACKENDS,
+                   help=f"comma-separated export backends among {', '.join(BACKENDS)} (default "
+                   f"{','.join(DEFAULT_BACKENDS)}; those running the int8 model only in a run with quant=dynamic|static)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed max |logit difference|")
     # One line, as for every other bad input, instead of argparse's usage block.
     p.error = lambda message: p.exit(2, f"{p.prog}: error: {message} (see --help)\n")
@@ -56,13 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = export_run(
             args.run_dir, args.output, runs=args.runs, batch_sizes=args.batch_sizes, sequence=args.seq_len,
-            threads=args.threads, onnx=not args.no_onnx, exporter=args.exporter, tolerance=args.tolerance,
+            threads=args.threads, backends=args.backends, exporter=args.exporter, tolerance=args.tolerance,
         )
     except ExportError as error:
         print(f"prunelab.export: {error}", file=sys.stderr)
-        return 1
-    except ImportError as error:
-        print(f"prunelab.export: {error}; install onnx, onnxruntime and onnxscript, or pass --no-onnx", file=sys.stderr)
         return 1
     params = report["parameters"]
     print(

@@ -1,4 +1,4 @@
-"""Forward-pass latency: median wall time of interleaved runs, torch, ONNX Runtime and int8, same inputs."""
+"""Forward-pass latency: median wall time of interleaved runs, torch dense and every export backend, same inputs."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from prunelab.export.onnx_export import example_inputs, run_ort
+from prunelab.export.onnx_export import example_inputs
 
 
 def interleaved_medians(calls: Mapping[str, Callable[[], object]], runs: int, warmup: int = 2, seed: int = 0) -> dict[str, float]:
@@ -33,28 +33,22 @@ def interleaved_medians(calls: Mapping[str, Callable[[], object]], runs: int, wa
 
 def measure(
     dense: torch.nn.Module,
-    compacted: torch.nn.Module,
-    session=None,
+    runners: Mapping[str, Callable[[dict[str, torch.Tensor]], object]],
     batch_sizes: tuple[int, ...] = (1, 32),
     sequence: int = 128,
     runs: int = 20,
     threads: int = 2,
-    int8=None,
 ) -> dict:
-    """Per batch size: torch dense, torch compacted, and (given) ONNX Runtime compacted
-    (``session``) and int8 compacted (``int8``, a ``prunelab.quant.QuantizedModel``) medians in ms,
-    timed interleaved, each also as a ratio to dense."""
+    """Per batch size: torch dense and each of ``runners`` (latency key -> one batch in, outputs
+    out: ``Backend.load``), medians in ms timed interleaved, each runner also as a ratio to dense."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         results = {}
         for batch in batch_sizes:
             inputs = example_inputs(dense, batch, sequence, seed=batch)
-            calls = {"torch_dense": lambda: dense(**inputs), "torch_compacted": lambda: compacted(**inputs)}
-            if session is not None:
-                calls["ort_compacted"] = lambda: run_ort(session, inputs)
-            if int8 is not None:
-                calls["int8_compacted"] = lambda: int8(**inputs)
+            calls = {"torch_dense": lambda: dense(**inputs)}
+            calls.update({key: (lambda run=run: run(inputs)) for key, run in runners.items()})
             with torch.inference_mode():
                 medians = interleaved_medians(calls, runs)
             base = medians["torch_dense"]

@@ -4,8 +4,9 @@ The exporter is ``torch.onnx.export(..., dynamo=True)`` (torch.export + onnxscri
 and sequence axes dynamic; if it fails on a model, the TorchScript exporter (``dynamo=False``,
 deprecated but still shipped with torch 2.13) is tried, and the file records which one wrote it.
 Inputs are the ids the model's ``forward`` takes among ``input_ids``, ``attention_mask`` and
-``token_type_ids`` (int64 ``[batch, sequence]``); outputs are ``logits`` (or ``start_logits`` and
-``end_logits`` for question answering).
+``token_type_ids`` (int64 ``[batch, sequence]``); outputs are the tensors of the model's output
+object, by name and in its order (``logits``; ``start_logits``, ``end_logits`` for question
+answering; whatever another head returns).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import inspect
 import io
 import logging
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -29,18 +31,33 @@ def input_names(model: nn.Module) -> list[str]:
     return [name for name in INPUT_NAMES if name in accepted]
 
 
+def tensor_outputs(outputs) -> dict[str, torch.Tensor]:
+    """The tensors of a model's output object, by name, in order. A ModelOutput holds only the
+    fields the model set (no ``loss`` without labels), so this works for any task head; what is not
+    a tensor (a cache object, a tuple of hidden states) cannot be a graph output and is left out."""
+    if not isinstance(outputs, Mapping):
+        raise ValueError(f"the model returns {type(outputs).__name__}, not outputs by name (a ModelOutput)")
+    named = {name: value for name, value in outputs.items() if isinstance(value, torch.Tensor)}
+    if not named:
+        raise ValueError(f"the model's {type(outputs).__name__} holds no tensor")
+    return named
+
+
+def as_arrays(outputs) -> list[np.ndarray]:
+    """Outputs as float arrays, in order: a ModelOutput or another mapping of tensors (torch,
+    OpenVINO), or a sequence of arrays (ONNX Runtime)."""
+    if isinstance(outputs, Mapping):
+        return [value.detach().cpu().float().numpy() for value in tensor_outputs(outputs).values()]
+    return [np.asarray(value) for value in outputs]
+
+
 def output_names(model: nn.Module, example: dict[str, torch.Tensor]) -> list[str]:
     with torch.no_grad():
-        outputs = model(**example)
-    if getattr(outputs, "logits", None) is not None:
-        return ["logits"]
-    if getattr(outputs, "start_logits", None) is not None:
-        return ["start_logits", "end_logits"]
-    raise ValueError(f"{type(model).__name__} returns neither logits nor start/end logits")
+        return list(tensor_outputs(model(**example)))
 
 
 class Outputs(nn.Module):
-    """Positional ids in, logits out: the graph ONNX sees."""
+    """Positional ids in, the named outputs out (a tuple): the graph ONNX sees."""
 
     def __init__(self, model: nn.Module, inputs: list[str], outputs: list[str]):
         super().__init__()
@@ -51,7 +68,7 @@ class Outputs(nn.Module):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         result = self.model(**{name: given[name] for name in self.inputs})
-        values = tuple(getattr(result, name) for name in self.outputs)
+        values = tuple(result[name] for name in self.outputs)
         return values[0] if len(values) == 1 else values
 
 
@@ -165,9 +182,7 @@ def run_ort(session, inputs: dict[str, torch.Tensor]) -> list[np.ndarray]:
 
 def torch_outputs(model: nn.Module, inputs: dict[str, torch.Tensor]) -> list[np.ndarray]:
     with torch.no_grad():
-        result = model(**inputs)
-    names = ["logits"] if getattr(result, "logits", None) is not None else ["start_logits", "end_logits"]
-    return [getattr(result, name).detach().cpu().float().numpy() for name in names]
+        return as_arrays(model(**inputs))
 
 
 def max_abs_diff(left: list[np.ndarray], right: list[np.ndarray]) -> float:

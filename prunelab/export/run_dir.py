@@ -1,9 +1,10 @@
 """Export a saved prunelab run: ``RUN_DIR/model`` -> ``RUN_DIR/export/``.
 
-``RUN_DIR/export/`` holds ``model/`` (the compacted model, ``load_compacted`` reloads it, with the
-tokenizer files copied beside it), ``model.onnx``, ``quantized/`` (its int8 model, when asked for)
-and ``export.json``. Everything is written into
-``export.tmp/`` and renamed once checked, so an ``export/`` directory is always whole.
+``RUN_DIR/export/`` holds ``export.json`` and what each export backend writes (``backends.py``):
+``model/`` (torch: the compacted model, ``load_compacted`` reloads it, with the tokenizer files
+copied beside it), ``model.onnx`` (onnxruntime), ``quantized/`` (openvino: its int8 model).
+Everything is written into ``export.tmp/`` and renamed once checked, so an ``export/`` directory is
+always whole.
 """
 from __future__ import annotations
 
@@ -13,25 +14,17 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from prunelab.export.backends import BACKENDS, Backend, Settings, backend_classes
 from prunelab.export.compaction import compact, count_parameters
 from prunelab.export.latency import measure
-from prunelab.export.onnx_export import (
-    example_inputs,
-    export_onnx,
-    max_abs_diff,
-    ort_session,
-    run_ort,
-    torch_outputs,
-)
-from prunelab.export.storage import WEIGHT_FILES, load_compacted, save_compacted
+from prunelab.export.onnx_export import as_arrays, example_inputs, max_abs_diff, torch_outputs
+from prunelab.export.storage import WEIGHT_FILES, load_compacted
 
 EXPORT_DIR = "export"
-QUANTIZED_DIR = "quantized"  # the int8 compacted model, inside EXPORT_DIR
 FORMAT = "prunelab.export/1"
-NOT_COPIED = {"config.json", "generation_config.json", *WEIGHT_FILES}
+DEFAULT_BACKENDS = ("torch", "onnxruntime")
 
 
 class ExportError(RuntimeError):
@@ -54,20 +47,25 @@ def export_run(
     batch_sizes: tuple[int, ...] = (1, 32),
     sequence: int = 128,
     threads: int = 2,
-    onnx: bool = True,
+    backends: tuple[str, ...] = DEFAULT_BACKENDS,
     exporter: str = "dynamo",
     tolerance: float = 1e-4,
     int8: Callable[[torch.nn.Module], object] | None = None,
     evaluate: Callable[[object], dict] | None = None,
 ) -> dict:
-    """Compact ``RUN_DIR/model``, save it, export it to ONNX, check every copy's logits against the
-    saved (masked) model, measure latencies; returns what ``export.json`` holds.
+    """Compact ``RUN_DIR/model``; have every backend in ``backends`` (names in ``BACKENDS``) write
+    it, read it back and check its logits against the saved (masked) model; measure latencies;
+    returns what ``export.json`` holds.
 
     int8: makes the int8 model of the compacted one (a ``prunelab.quant.QuantizedModel``, e.g.
-    ``lambda m: prunelab.quant.quantize(m, "static", batches)``): saved to ``quantized/``, timed
-    with the others; its logits differ from the float model's by rounding, so that gap is reported,
+    ``lambda m: prunelab.quant.quantize(m, "static", batches)``) for the backends that run it
+    (``openvino``); its logits differ from the float model's by rounding, so that gap is reported,
     not held to ``tolerance``. evaluate: metrics of a model-like callable on the task's eval set,
     recorded for the compacted model and its int8 one."""
+    chosen = [cls() for cls in backend_classes(backends)]
+    int8_users = [backend.name for backend in chosen if backend.needs_int8]
+    if int8_users and int8 is None:
+        raise ValueError(f"backends {', '.join(int8_users)}: run the int8 model of the compacted one; pass int8=")
     run_dir = Path(run_dir)
     source = model_dir_of(run_dir)
     final = Path(output) if output is not None else run_dir / EXPORT_DIR
@@ -76,7 +74,8 @@ def export_run(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        report = _export(source, tmp, runs, tuple(batch_sizes), sequence, threads, onnx, exporter, tolerance, int8, evaluate)
+        settings = Settings(source, threads, exporter)
+        report = _export(source, tmp, chosen, settings, runs, tuple(batch_sizes), sequence, tolerance, int8, evaluate)
         report["source"] = str(source)
         report["run"] = _run_summary(run_dir)
         (tmp / "export.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -89,7 +88,8 @@ def export_run(
     return report
 
 
-def _export(source, out, runs, batch_sizes, sequence, threads, onnx, exporter, tolerance, int8, evaluate) -> dict:
+def _export(source, out, backends: list[Backend], settings: Settings, runs, batch_sizes, sequence, tolerance, int8,
+            evaluate) -> dict:
     dense = load_compacted(source)
     try:
         compaction = compact(dense)
@@ -100,43 +100,45 @@ def _export(source, out, runs, batch_sizes, sequence, threads, onnx, exporter, t
     reference = torch_outputs(dense, check)
     diffs = {"torch_compacted": max_abs_diff(reference, torch_outputs(compacted, check))}
 
-    save_compacted(compaction, out / "model")
-    for path in source.iterdir():  # tokenizer files (and anything else that is not weights/config)
-        if path.is_file() and path.name not in NOT_COPIED and not path.name.endswith((".safetensors", ".bin")):
-            shutil.copy2(path, out / "model" / path.name)
-    diffs["reloaded"] = max_abs_diff(reference, torch_outputs(load_compacted(out / "model"), check))
-
-    session, onnx_info = None, None
-    if onnx:
-        onnx_info = export_onnx(compacted, out / "model.onnx", exporter=exporter)
-        session = ort_session(out / "model.onnx", threads, spinning=False)  # timed interleaved with torch
-        diffs["onnxruntime"] = max_abs_diff(reference, run_ort(session, check))
+    quantized = int8(compacted) if any(backend.needs_int8 for backend in backends) else None
+    # Every registered backend's key is present (null when not listed): one shape for all exports.
+    records = {cls.record_key: None for cls in BACKENDS.values()}
+    runners = {}
+    for backend in backends:
+        try:
+            record = backend.save(quantized if backend.needs_int8 else compacted, out, settings)
+            runner = backend.load(out, settings)
+        except ImportError as error:
+            raise ExportError(f"export backend {backend.name}: {error}; install {', '.join(backend.packages)} "
+                              "or leave it out of the backends") from error
+        with torch.no_grad():
+            diff = max_abs_diff(reference, as_arrays(runner(check)))
+        if backend.check_key is None:
+            record["max_abs_logit_diff_to_float"] = diff
+        else:
+            diffs[backend.check_key] = diff
+        records[backend.record_key] = record
+        runners[backend.latency_key] = runner
     worst = max(diffs.values())
     if worst > tolerance:
         raise ExportError(f"{source}: the exported model's logits differ from the saved model's by {worst:.3g} > {tolerance:g} ({diffs})")
 
-    quantized, quantized_info = None, None
-    if int8 is not None:
-        quantized = int8(compacted)
-        quantized.save(out / QUANTIZED_DIR, overwrite=True)
-        quantized_info = {
-            "approach": quantized.approach, "dir": QUANTIZED_DIR, "size_bytes": quantized.size_bytes,
-            "max_abs_logit_diff_to_float": max_abs_diff(reference, [np.asarray(v) for v in quantized(**check).values()]),
-            "load": f"prunelab.quant.load_quantized('<this dir>/{QUANTIZED_DIR}')",
-        }
     metrics = None
     if evaluate is not None:
         metrics = {"compacted": evaluate(compacted), **({"int8": evaluate(quantized)} if quantized is not None else {})}
 
     removed = compaction.structure_removed
-    latency = measure(dense, compacted, session, batch_sizes, sequence, runs, threads, quantized) if runs > 0 else None
+    latency = measure(dense, runners, batch_sizes, sequence, runs, settings.threads) if runs > 0 else None
+    # Only removed structure can make the model faster, and only a gain measured in the dense
+    # model's own runtime is compaction's (another runtime's ratio holds its own speed too).
+    compared = [f"{backend.latency_key}_ratio" for backend in backends if backend.like_for_like]
     return {
         "format": FORMAT,
         "model_class": type(dense).__name__,
+        "backends": [backend.name for backend in backends],
         "structure_removed": removed,
-        # Only removed structure can make the model faster, and only a measured gain is claimed.
-        "speedup_claimed": bool(removed and latency and all(
-            row["torch_compacted_ratio"] < 1.0 for key, row in latency.items() if key.startswith("batch_")
+        "speedup_claimed": bool(removed and latency and compared and all(
+            row[key] < 1.0 for name, row in latency.items() if name.startswith("batch_") for key in compared
         )),
         "note": _note(compaction),
         "parameters": {
@@ -150,12 +152,10 @@ def _export(source, out, runs, batch_sizes, sequence, threads, onnx, exporter, t
         "logit_diffs": diffs,
         "tolerance": tolerance,
         "check_inputs": {"batch": 4, "sequence": min(32, sequence), "padding": "last quarter of every other row"},
-        "onnx": onnx_info,
-        "quantized": quantized_info,
+        **records,
         "metrics": metrics,
         "latency": latency,
-        "versions": _versions(),
-        "load": "prunelab.export.load_compacted('<this dir>/model')",
+        "versions": _versions(backends),
     }
 
 
@@ -186,9 +186,9 @@ def _run_summary(run_dir: Path) -> dict | None:
     return {key: summary.get(key) for key in keys}
 
 
-def _versions() -> dict:
+def _versions(backends: list[Backend]) -> dict:
     versions = {"torch": torch.__version__}
-    for name in ("transformers", "onnx", "onnxruntime", "onnxscript"):
+    for name in ("transformers", *(package for backend in backends for package in backend.packages)):
         try:
             module = __import__(name)
             versions[name] = getattr(module, "__version__", "?")

@@ -1,7 +1,6 @@
 """What GMP* and oBERT's recipes need from the schedule: a first update straight to
 initial_sparsity, a cubic rise, and the learning rate rewound after every pruning update."""
 import pytest
-import torch
 from torch import nn
 
 import prunelab

@@ -245,64 +245,45 @@ def _optional_count(key: str, value: object) -> int | None:
     return int(value)
 
 
-def _obs(key: str, value: object) -> ObsSettings | None:
-    if value is None:
-        return None
-    if isinstance(value, ObsSettings):
-        return value
-    if not isinstance(value, Mapping):
-        raise ValueError(f"{key}={value!r} must be a mapping of obs settings: {', '.join(_OBS_FIELDS)}")
-    unknown = sorted(set(map(str, value)) - set(_OBS_FIELDS))
-    if unknown:
-        raise ValueError(f"unknown key {key}.{unknown[0]}; allowed: {', '.join(_OBS_FIELDS)}")
-    checked = {}
-    for name, item in value.items():
-        where = f"{key}.{name}"
-        if name in ("num_grads", "block_size") and item is None:
-            checked[name] = None
-        elif name == "damp":
-            if isinstance(item, bool) or not isinstance(item, (int, float)) or not item > 0:
-                raise ValueError(f"{where}={item!r} must be a number > 0")
-            checked[name] = float(item)
-        elif name == "update_weights":
-            if not isinstance(item, bool):
-                raise ValueError(f"{where}={item!r} must be true or false")
-            checked[name] = item
-        else:
-            checked[name] = _int_at_least(1)(where, item)
-    return ObsSettings(**checked)
+def _positive_number(key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{key}={value!r} must be a number > 0")
+    return float(value)
 
 
-_OBS_FIELDS = tuple(f.name for f in dataclasses.fields(ObsSettings))
+def _flag(key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{key}={value!r} must be true or false")
+    return value
 
 
-def _sparsegpt(key: str, value: object) -> SparseGptSettings | None:
-    if value is None or isinstance(value, SparseGptSettings):
-        return value
-    if not isinstance(value, Mapping):
-        raise ValueError(f"{key}={value!r} must be a mapping of sparsegpt settings: {', '.join(_SPARSEGPT_FIELDS)}")
-    unknown = sorted(set(map(str, value)) - set(_SPARSEGPT_FIELDS))
-    if unknown:
-        raise ValueError(f"unknown key {key}.{unknown[0]}; allowed: {', '.join(_SPARSEGPT_FIELDS)}")
-    checked = {}
-    for name, item in value.items():
-        where = f"{key}.{name}"
-        if name == "damp":
-            if isinstance(item, bool) or not isinstance(item, (int, float)) or not item > 0:
-                raise ValueError(f"{where}={item!r} must be a number > 0")
-            checked[name] = float(item)
-        else:
-            checked[name] = _int_at_least(1)(where, item)
-    return SparseGptSettings(**checked)
+def _or_null(check):
+    return lambda key, value: None if value is None else check(key, value)
 
 
-def _optional_samples(key: str, value: object) -> int | None:
-    if value is None:
-        return None
-    return _int_at_least(1)(key, value)
+def _settings(cls, label: str, checks: dict):
+    """A validator for a criterion's own mapping of settings (``obs: {...}``) into ``cls``."""
+    names = tuple(f.name for f in dataclasses.fields(cls))
+
+    def check(key: str, value: object):
+        if value is None or isinstance(value, cls):
+            return value
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{key}={value!r} must be a mapping of {label} settings: {', '.join(names)}")
+        unknown = sorted(set(map(str, value)) - set(names))
+        if unknown:
+            raise ValueError(f"unknown key {key}.{unknown[0]}; allowed: {', '.join(names)}")
+        return cls(**{name: checks[name](f"{key}.{name}", item) for name, item in value.items()})
+
+    return check
 
 
-_SPARSEGPT_FIELDS = tuple(f.name for f in dataclasses.fields(SparseGptSettings))
+_obs = _settings(ObsSettings, "obs", {
+    "block_size": _or_null(_int_at_least(1)), "num_grads": _or_null(_int_at_least(1)), "damp": _positive_number,
+    "update_weights": _flag, "num_recomputations": _int_at_least(1),
+})
+_sparsegpt = _settings(SparseGptSettings, "sparsegpt", {"block_size": _int_at_least(1), "damp": _positive_number})
+
 
 _VALIDATORS = {
     "target_sparsity": _float_in(0.0, 1.0, high_open=True),
@@ -321,7 +302,7 @@ _VALIDATORS = {
     "num_attention_heads": _optional_count,
     "obs": _obs,
     "initial_sparsity": _float_in(0.0, 1.0, high_open=True),
-    "calibration_samples": _optional_samples,
+    "calibration_samples": _or_null(_int_at_least(1)),
     "sparsegpt": _sparsegpt,
 }
 

@@ -164,22 +164,16 @@ class ObsGroup(PruningGroup):
         if target is not None and target > 0:
             self.update_masks(target, step)
 
-    @torch.no_grad()
-    def before_optimizer_step(self, step: int) -> None:
-        seen = [op for op in self.ops if op.weight.grad is not None]
-        if self.masked and seen:
-            torch._foreach_mul_([op.weight.grad for op in seen], [op.mask for op in seen])
-        if not self._observes_gradients(step, bool(seen), "ops"):
-            return
-        for op in seen:
-            if op.state is None:
-                size = self.block_sizes[op.name]
-                op.state = fisher.damped_inverse(self._blocks(op), size, self.settings.damp, op.weight.device)
-            buffer, count = self._pending.get(op.name) or (op.state.new_empty(*op.state.shape[:2], GRADIENT_CHUNK), 0)
-            buffer[:, :, count] = self._flat(op, op.view.to_2d(op.weight.grad))
-            self._pending[op.name] = (buffer, count + 1)
-            if count + 1 == GRADIENT_CHUNK:
-                self._flush(op)
+    def _observe(self, op: PrunedOp) -> None:
+        """Add ``op``'s gradient to its pending buffer; fold the buffer in when it is full."""
+        if op.state is None:
+            size = self.block_sizes[op.name]
+            op.state = fisher.damped_inverse(self._blocks(op), size, self.settings.damp, op.weight.device)
+        buffer, count = self._pending.get(op.name) or (op.state.new_empty(*op.state.shape[:2], GRADIENT_CHUNK), 0)
+        buffer[:, :, count] = self._flat(op, op.view.to_2d(op.weight.grad))
+        self._pending[op.name] = (buffer, count + 1)
+        if count + 1 == GRADIENT_CHUNK:
+            self._flush(op)
 
     def _flush(self, op: PrunedOp) -> None:
         """Fold ``op``'s pending gradients into its inverse in one rank-k step."""

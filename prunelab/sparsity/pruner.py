@@ -161,7 +161,11 @@ class PruningGroup:
         if not self._observes_gradients(step, bool(seen), "ops"):
             return
         for op in seen:
-            op.state = self.criterion.observe(op.state, op.view.to_2d(op.weight), op.view.to_2d(op.weight.grad), self.pattern)
+            self._observe(op)
+
+    def _observe(self, op: PrunedOp) -> None:
+        """Feed ``op``'s gradient to its criterion state."""
+        op.state = self.criterion.observe(op.state, op.view.to_2d(op.weight), op.view.to_2d(op.weight.grad), self.pattern)
 
     def _observes(self, step: int) -> bool:
         """Whether gradients of ``step`` feed the criterion."""

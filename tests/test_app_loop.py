@@ -85,5 +85,6 @@ def test_pruning_window_steps():
     steps = PruningSteps(steps_per_epoch=100, num_train_epochs=10, sparsity_warm_epochs=1, cooldown_epochs=2)
     keys = IterativeSchedule("cos").engine_keys(steps, pruning_frequency=None)
     # Window: step 100 (after 1 epoch) to 799 (before the last 2 epochs); 700 steps / 40 updates.
-    assert keys == {"start_step": 100, "end_step": 799, "pruning_frequency": 17, "sparsity_decay_type": "cos"}
+    assert keys == {"start_step": 100, "end_step": 799, "pruning_frequency": 17, "sparsity_decay_type": "cos",
+                    "initial_sparsity": 0.0}
     assert IterativeSchedule().engine_keys(steps, pruning_frequency=50)["pruning_frequency"] == 50

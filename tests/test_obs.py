@@ -18,12 +18,13 @@ def _random_inverse(blocks: int, size: int, seed: int) -> torch.Tensor:
     return (a @ a.transpose(1, 2) / size + torch.eye(size, dtype=torch.float64)).float()
 
 
-def test_woodbury_inverse_equals_the_inverse_of_the_damped_empirical_fisher():
+def test_blockwise_inverse_equals_the_inverse_of_the_damped_empirical_fisher():
     blocks, size, count, damp = 5, 8, 24, 1e-2
     grads = torch.randn(count, blocks, size, generator=torch.Generator().manual_seed(0))
-    inverse = fisher.damped_inverse(blocks, size, damp)
-    for chunk in (grads[:1], grads[1:8], grads[8:]):  # rank 1, then rank 7, then rank 16
-        fisher.add_gradients(inverse, chunk.permute(1, 2, 0), count)
+    accumulated = fisher.damped_fisher(blocks, size, damp)
+    for chunk in (grads[:1], grads[1:8], grads[8:]):  # 1, then 7, then 16 gradients at a time
+        fisher.add_gradients(accumulated, chunk.permute(1, 2, 0), count)
+    inverse = fisher.inverse(accumulated)
     dense = damp * torch.eye(size, dtype=torch.float64) + torch.einsum("mbi,mbj->bij", grads.double(), grads.double()) / count
     expected = torch.linalg.inv(dense)
     assert torch.allclose(inverse.double(), expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))

@@ -2,8 +2,7 @@
 
 An op's weights, flattened so that every pruning unit is contiguous, are cut into blocks of B
 coordinates; the Fisher is block-diagonal, ``F = damp * I + (1/m) sum_i g_i g_i^T`` per block over
-m gradients, and is kept as its inverse, updated by Woodbury's identity as gradients arrive (a
-rank-k step for k gradients is exactly k rank-1 Sherman-Morrison steps). Every function works on
+m gradients; it is accumulated as gradients arrive and inverted once per update (float64 Cholesky). Every function works on
 all blocks of an op at once (``[blocks, B, B]``); nothing
 loops over blocks or weights. Pure tensor functions: no state, no modules.
 
@@ -20,23 +19,30 @@ import torch
 BYTES = 4  # the inverses are float32
 
 
-def damped_inverse(blocks: int, block_size: int, damp: float, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``[blocks, B, B]`` inverses of ``damp * I``: the Fisher before any gradient."""
-    eye = torch.eye(block_size, dtype=torch.float32, device=device) / damp
+def damped_fisher(blocks: int, block_size: int, damp: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``[blocks, B, B]`` copies of ``damp * I``: the Fisher before any gradient."""
+    eye = torch.eye(block_size, dtype=torch.float32, device=device) * damp
     return eye.expand(blocks, block_size, block_size).contiguous()
 
 
-def add_gradients(inverse: torch.Tensor, grads: torch.Tensor, count: int) -> None:
-    """Add ``sum_i g_i g_i^T / count`` over k gradients to every block's Fisher, in place on its
-    inverse (Woodbury): ``F^-1 <- F^-1 - U (count I + G^T U)^-1 U^T`` with ``U = F^-1 G``.
-    ``grads``: ``[blocks, B, k]``. The same as k rank-1 (Sherman-Morrison) steps, but reading the
-    inverses once per k gradients instead of once per gradient (they are far larger than a cache).
+def add_gradients(fisher: torch.Tensor, grads: torch.Tensor, count: int) -> None:
+    """Add ``sum_i g_i g_i^T / count`` over k gradients to every block's Fisher, in place:
+    one batched ``G G^T`` for k gradients (reading the Fisher once per k gradients, which matters:
+    it is far larger than a cache). ``grads``: ``[blocks, B, k]``.
+
+    Why the Fisher and not its inverse: updating ``F^-1`` from ``I / damp`` by Woodbury subtracts
+    terms of size 1/damp = 1e7 from each other; in float32 a MiniLM run lost positive definiteness
+    after 230 gradients. Sums of outer products only add, and the one inversion per update runs in
+    float64.
     """
     g = grads.to(torch.float32)
-    projected = torch.bmm(inverse, g)  # U = F^-1 G, [blocks, B, k]
-    small = torch.bmm(g.transpose(1, 2), projected)  # G^T F^-1 G, [blocks, k, k]
-    small.diagonal(dim1=1, dim2=2).add_(count)
-    inverse.baddbmm_(projected, torch.linalg.solve(small, projected.transpose(1, 2)), alpha=-1)
+    fisher.baddbmm_(g, g.transpose(1, 2), alpha=1.0 / count)
+
+
+def inverse(fisher: torch.Tensor) -> torch.Tensor:
+    """``F^-1`` of every block (float32), through a float64 Cholesky factorisation."""
+    factor = torch.linalg.cholesky(fisher.double())
+    return torch.cholesky_inverse(factor).float()
 
 
 def unit_scores(inverse: torch.Tensor, weight: torch.Tensor, unit: int) -> torch.Tensor:
@@ -51,9 +57,9 @@ def unit_scores(inverse: torch.Tensor, weight: torch.Tensor, unit: int) -> torch
     per_block = size // unit
     # The unit x unit blocks on the diagonal of each B x B inverse: [blocks, per_block, unit, unit].
     diagonal = inverse.view(blocks, per_block, unit, per_block, unit).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)
-    w = w.view(blocks, per_block, unit, 1)
-    solved = torch.cholesky_solve(w, torch.linalg.cholesky(diagonal))
-    return (w * solved).sum(dim=(2, 3)).mul_(0.5).flatten()
+    w = w.double().view(blocks, per_block, unit, 1)
+    solved = torch.cholesky_solve(w, torch.linalg.cholesky(diagonal.double()))
+    return (w * solved).sum(dim=(2, 3)).mul_(0.5).flatten().float()
 
 
 def obs_update(inverse: torch.Tensor, weight: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
@@ -65,15 +71,17 @@ def obs_update(inverse: torch.Tensor, weight: torch.Tensor, pruned: torch.Tensor
     ``dw = -F^-1 z``. The system is symmetric positive definite (``[F^-1]_QQ`` is, and the rest is
     the identity), so a Cholesky factorisation solves it.
     """
-    p = pruned.to(torch.float32)
-    w = weight.to(torch.float32)
+    p = pruned.to(torch.float64)
+    w = weight.to(torch.float64)
+    inverse = inverse.double()  # float64: the pruned set's block can be ill-conditioned
     system = inverse * (p.unsqueeze(2) * p.unsqueeze(1))
     system.diagonal(dim1=1, dim2=2).add_(1.0 - p)
     z = torch.cholesky_solve((p * w).unsqueeze(2), torch.linalg.cholesky(system))
-    return torch.bmm(inverse, z).squeeze(2).neg_()
+    return torch.bmm(inverse, z).squeeze(2).neg_().float()
 
 
 def inverse_bytes(weights: int, block_size: int) -> int:
-    """Memory of the inverses for ``weights`` coordinates (the last block padded to B)."""
+    """Memory of the Fisher blocks (or their inverses) for ``weights`` coordinates (the last block
+    padded to B)."""
     blocks = -(-weights // block_size)
     return blocks * block_size * block_size * BYTES

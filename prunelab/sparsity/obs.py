@@ -4,10 +4,10 @@ Where the gradients come from: the training steps themselves. Each mask update i
 ``num_recomputations`` sub-updates ``num_grads`` optimizer steps apart, ending at the update's
 step; the gradients of the ``num_grads`` steps before a sub-update (after clipping, all-reduced
 under data parallelism, so every process builds the same Fisher and the same masks) build a fresh
-block-diagonal Fisher inverse (``fisher.add_gradients``, 16 gradients at a time), which scores the units and moves the kept
-weights when they are pruned, and is then dropped. This costs no extra forward or backward pass:
-the price is the Woodbury updates inside those windows and one B x B Cholesky per block per
-sub-update. A prune without training (``num_train_epochs=0`` in the app) runs the gradient steps
+block-diagonal Fisher (``fisher.add_gradients``, 16 gradients at a time), inverted once per
+sub-update, which scores the units and moves the kept weights when they are pruned, and is then
+dropped. This costs no extra forward or backward pass: the price is the outer products inside
+those windows and a few B x B Cholesky factorisations per block per sub-update. A prune without training (``num_train_epochs=0`` in the app) runs the gradient steps
 without optimizer steps, which is the reference's dedicated pass over training batches.
 
 Layout: each op's ``[out, in]`` matrix is flattened with every pruning unit contiguous (an NxM
@@ -29,14 +29,14 @@ from prunelab.sparsity.patterns import BlockPattern, NInMPattern
 from prunelab.sparsity.pruner import PrunedOp, PruningGroup
 
 _GIB = 2**30
-# Gradients folded into the inverses at once: a rank-16 Woodbury step reads the inverses once for
+# Gradients folded into the Fisher at once: one batched G G^T reads the Fisher once for
 # 16 gradients (measured ~7x less time per gradient than rank-1 on CPU; rank 32 was slower again).
 GRADIENT_CHUNK = 16
 DEFAULT_BLOCK = 50
 
 
 class ObsGroup(PruningGroup):
-    """``PruningGroup`` whose criterion state is a Fisher inverse per op (``op.state``,
+    """``PruningGroup`` whose criterion state is a block-diagonal Fisher per op (``op.state``,
     ``[blocks, B, B]``, present only inside a gradient window)."""
 
     def __init__(self, index: int, config: GroupConfig, matched: list[tuple[str, nn.Module, str]]):
@@ -46,7 +46,7 @@ class ObsGroup(PruningGroup):
         self.settings = config.obs_settings
         self.num_grads, self.recomputations = obs_window(config)
         self.block_sizes = {op.name: self._block_size(op) for op in self.ops}
-        # Gradients seen but not yet in the inverse, per op: a [blocks, B, GRADIENT_CHUNK] buffer
+        # Gradients seen but not yet in the Fisher, per op: a [blocks, B, GRADIENT_CHUNK] buffer
         # (written in place: no stacked copy) and how many of its columns are filled.
         self._pending: dict[str, tuple[torch.Tensor, int]] = {}
         self._check_memory()
@@ -109,10 +109,10 @@ class ObsGroup(PruningGroup):
         return self.fisher_bytes() + GRADIENT_CHUNK * weights
 
     def peak_bytes(self) -> int:
-        """``window_bytes`` plus the largest op's temporaries of a sub-update (its B x B systems
-        and their Cholesky factors)."""
+        """``window_bytes`` plus the largest op's float64 temporaries of a sub-update (the Fisher,
+        its Cholesky factor and inverse; then the B x B systems and theirs): 6 float32 copies."""
         largest = max((fisher.inverse_bytes(op.numel, self.block_sizes[op.name]) for op in self.ops), default=0)
-        return self.window_bytes() + 2 * largest
+        return self.window_bytes() + 6 * largest
 
     def _check_memory(self) -> None:
         if not self.ops:
@@ -168,7 +168,7 @@ class ObsGroup(PruningGroup):
         """Add ``op``'s gradient to its pending buffer; fold the buffer in when it is full."""
         if op.state is None:
             size = self.block_sizes[op.name]
-            op.state = fisher.damped_inverse(self._blocks(op), size, self.settings.damp, op.weight.device)
+            op.state = fisher.damped_fisher(self._blocks(op), size, self.settings.damp, op.weight.device)
         buffer, count = self._pending.get(op.name) or (op.state.new_empty(*op.state.shape[:2], GRADIENT_CHUNK), 0)
         buffer[:, :, count] = self._flat(op, op.view.to_2d(op.weight.grad))
         self._pending[op.name] = (buffer, count + 1)
@@ -176,7 +176,7 @@ class ObsGroup(PruningGroup):
             self._flush(op)
 
     def _flush(self, op: PrunedOp) -> None:
-        """Fold ``op``'s pending gradients into its inverse in one rank-k step."""
+        """Fold ``op``'s pending gradients into its Fisher in one batched step."""
         buffer, count = self._pending.get(op.name) or (None, 0)
         if count:
             fisher.add_gradients(op.state, buffer[:, :, :count], self.num_grads)
@@ -193,6 +193,8 @@ class ObsGroup(PruningGroup):
             )
         for op in self.ops:
             self._flush(op)
+            op.state = fisher.inverse(op.state)  # from here to the end of the update, the state is F^-1
+        self._pending.clear()
         before = [self._flat(op, op.view.to_2d(op.weight)) for op in self.ops] if self.settings.update_weights else None
         super().update_masks(sparsity, step)
         if before is not None:

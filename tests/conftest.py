@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import sys
+import subprocess
+import os
 import random
 from pathlib import Path
 
@@ -24,6 +27,25 @@ torch.set_num_threads(1)
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # The real data the slow tests read: $PRUNELAB_DATA_ROOT, else ../shared/data (as the app's demo).
 SHARED_DATA = Path(shared_data_root() or Path(__file__).resolve().parents[2] / "shared" / "data")
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, module: str = "prunelab", cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m <module> args`` offline, as a user would run it; Hydra's full tracebacks off."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def one_line(result: subprocess.CompletedProcess) -> str:
+    """The one stderr line of a refusal (exit 2)."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
 
 def require_minilm():
     """The all-MiniLM-L6-v2 package, which scripts/install.sh installs: its absence is a failure."""

@@ -4,9 +4,6 @@ with one line counting the failures (exit code 2)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +11,8 @@ from hydra import compose, initialize_config_module
 
 from prunelab.__main__ import hydra_error_line
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import one_line, run_cli
+
 TINY = ["model=tiny", "task=sst2", "max_train_samples=32", "max_eval_samples=16", "max_length=32",
         "num_train_epochs=1", "per_device_train_batch_size=8", "progress_bar=false", "save_model=false"]
 RECIPE = """\
@@ -24,20 +22,6 @@ defaults:
 seed: 7
 max_train_samples: 24
 """
-
-
-def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-m", "prunelab", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
-def _one_line(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 @pytest.fixture
@@ -82,21 +66,21 @@ def test_an_option_missing_from_a_preset_names_the_preset(tmp_path):
 
 
 def test_cli_help_says_what_prunelab_is_and_lists_the_groups():
-    result = _cli("--help")
+    result = run_cli("--help")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("prunelab: prune a transformer while it is fine-tuned")
     assert "\npattern: 1:4, 1x1, " in result.stdout and "\ndistill: hidden_mse, kd, layerwise, none, simkd\n" in result.stdout
     assert result.stdout.rstrip().endswith("docs/ the details (sweeps, quantization, compaction).")
 
 
-def test_cli_unknown_key_is_one_line(tmp_path):
-    line = _one_line(_cli("model=tiny", "foo=1", f"hydra.run.dir={tmp_path / 'run'}"))
+def test_cli_unknown_key_isone_line(tmp_path):
+    line = one_line(run_cli("model=tiny", "foo=1", f"hydra.run.dir={tmp_path / 'run'}"))
     assert line == "prunelab: error: foo=1: no such key in the config (see conf/config.yaml, or prunelab --cfg job)"
     assert not (tmp_path / "run").exists()  # nothing ran
 
 
 def test_cli_unknown_group_option_is_one_line_with_the_options(tmp_path):
-    line = _one_line(_cli("model=tiny", "experiment=my-recipe", f"hydra.run.dir={tmp_path / 'run'}"))
+    line = one_line(run_cli("model=tiny", "experiment=my-recipe", f"hydra.run.dir={tmp_path / 'run'}"))
     assert line.startswith("prunelab: error: experiment=my-recipe: no such option in group 'experiment'; available: ")
     assert "demo" in line.split("available: ")[1].split(", ")
 
@@ -104,13 +88,13 @@ def test_cli_unknown_group_option_is_one_line_with_the_options(tmp_path):
 def test_cli_a_pattern_for_dense_runs_only_is_refused_but_a_sweeps_dense_job_takes_it(tiny_data_root, tmp_path):
     refusal = ("prunelab: error: pattern=2:4: has no effect with do_prune=false (a dense run); "
                "drop it, or set do_prune=true")
-    assert _one_line(_cli("model=tiny", "do_prune=false", "pattern=2:4", f"hydra.run.dir={tmp_path / 'run'}")) == refusal
+    assert one_line(run_cli("model=tiny", "do_prune=false", "pattern=2:4", f"hydra.run.dir={tmp_path / 'run'}")) == refusal
     sweep = tmp_path / "sweep"
-    every_job_dense = _cli("-m", *TINY, f"data_root={tiny_data_root}", "do_prune=false", "pattern=2:4",
+    every_job_dense = run_cli("-m", *TINY, f"data_root={tiny_data_root}", "do_prune=false", "pattern=2:4",
                            f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    assert _one_line(every_job_dense) == refusal and not sweep.exists()  # refused before any job
+    assert one_line(every_job_dense) == refusal and not sweep.exists()  # refused before any job
     # With do_prune swept, the pattern axis reaches the dense jobs too; docs/sweeps.md.
-    result = _cli("-m", *TINY, f"data_root={tiny_data_root}", "do_prune=false,true", "pattern=2:4",
+    result = run_cli("-m", *TINY, f"data_root={tiny_data_root}", "do_prune=false,true", "pattern=2:4",
                   f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     dense, pruned = (json.loads((sweep / str(num) / "summary.json").read_text()) for num in (0, 1))
@@ -120,7 +104,7 @@ def test_cli_a_pattern_for_dense_runs_only_is_refused_but_a_sweeps_dense_job_tak
 
 def test_cli_finds_a_recipe_in_a_user_config_folder(user_conf, tmp_path):
     for where in (["--config-dir", str(user_conf)], [f"hydra.searchpath=[file://{user_conf}]"]):
-        result = _cli(*where, "model=tiny", "experiment=my-recipe", "--cfg", "job", cwd=tmp_path)
+        result = run_cli(*where, "model=tiny", "experiment=my-recipe", "--cfg", "job", cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         assert "seed: 7\n" in result.stdout and "max_train_samples: 24\n" in result.stdout
         assert "pattern: 1x1\n" in result.stdout
@@ -128,7 +112,7 @@ def test_cli_finds_a_recipe_in_a_user_config_folder(user_conf, tmp_path):
 
 def test_cli_sweep_goes_on_past_a_failing_job_and_counts_failures(tiny_data_root, tmp_path):
     sweep = tmp_path / "sweep"
-    result = _cli("-m", *TINY, f"data_root={tiny_data_root}", "pattern=4x1,2:4", "target_sparsity=0.8",
+    result = run_cli("-m", *TINY, f"data_root={tiny_data_root}", "pattern=4x1,2:4", "target_sparsity=0.8",
                   f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()

@@ -3,9 +3,6 @@ line and exit code 2, whatever the entry point; nothing a run wrote is lost."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,21 +10,8 @@ import pytest
 from prunelab.export.__main__ import main as export_main
 from prunelab.report.__main__ import main as report_main
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import one_line, run_cli
 
-
-def _cli(*args: str, module: str = "prunelab", cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
-def _one_line(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 def _one_line_err(capsys) -> str:
@@ -36,8 +20,8 @@ def _one_line_err(capsys) -> str:
     return err.strip()
 
 
-def test_prunelab_bad_option_is_one_line():
-    assert _one_line(_cli("--foo")) == "prunelab: error: unrecognized arguments: --foo (see prunelab --help)"
+def test_prunelab_bad_option_isone_line():
+    assert one_line(run_cli("--foo")) == "prunelab: error: unrecognized arguments: --foo (see prunelab --help)"
 
 
 def test_export_missing_dir_and_bad_args_are_one_line_exit_2(tmp_path, capsys):
@@ -85,13 +69,13 @@ def test_verify_loading_and_checkpoints_to_keep_with_nothing_to_act_on_are_refus
 
 def test_command_line_target_must_be_prunelabs_unless_trusted_and_of_the_right_kind(tmp_path):
     run = f"hydra.run.dir={tmp_path / 'run'}"
-    assert _one_line(_cli("model=tiny", "distill=kd", "distill._target_=builtins.dict", run)) == (
+    assert one_line(run_cli("model=tiny", "distill=kd", "distill._target_=builtins.dict", run)) == (
         "prunelab: error: distill._target_=builtins.dict: a _target_ on the command line must name prunelab's own "
         "code; to run your own, set PRUNELAB_TRUSTED_TARGETS=builtins (comma-separated module names)")
     assert not (tmp_path / "run").exists()  # refused before Hydra made the run dir
-    trusted = _cli("model=tiny", "distill=kd", "distill._target_=builtins.dict", run,
+    trusted = run_cli("model=tiny", "distill=kd", "distill._target_=builtins.dict", run,
                    env={"PRUNELAB_TRUSTED_TARGETS": "builtins"})
-    assert _one_line(trusted) == ("prunelab: error: distill._target_=builtins.dict: not a distill option "
+    assert one_line(trusted) == ("prunelab: error: distill._target_=builtins.dict: not a distill option "
                                   "(its parameters cannot be read)")
 
 
@@ -115,7 +99,7 @@ def test_untrusted_targets_anywhere_on_the_command_line(override, refused):
     ("distill", "prunelab.app.config.shared_data_root", "it must take student, task, which the run passes"),
     ("quant", "prunelab.models.TinyBert", "expected a class with prepare, release"),
 ])
-def test_a_target_of_the_wrong_kind_is_one_line(make_config, group, target, why):
+def test_a_target_of_the_wrong_kind_isone_line(make_config, group, target, why):
     from prunelab.app.schema import check_config
     from prunelab.errors import ConfigError
 
@@ -159,11 +143,11 @@ def _tree(root: Path) -> dict[str, tuple[int, bytes]]:
 def test_resume_auto_on_a_completed_run_says_so_and_rewrites_nothing(tiny_data_root, tmp_path):
     run_dir = tmp_path / "run"
     command = [*TINY, f"data_root={tiny_data_root}", f"hydra.run.dir={run_dir}", "checkpointing_steps=epoch"]
-    first = _cli(*command, cwd=tmp_path)
+    first = run_cli(*command, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     before = _tree(run_dir)
     assert "summary.json" in before and "model/config.json" in before and any(k.startswith("checkpoints/") for k in before)
-    again = _cli(*command, "resume_from_checkpoint=auto", cwd=tmp_path)
+    again = run_cli(*command, "resume_from_checkpoint=auto", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip().splitlines()[-1] == (
         f"prunelab: {run_dir} holds a completed run (see its summary.json); nothing to resume")
@@ -176,7 +160,7 @@ def test_a_dense_run_notes_the_pruning_keys_its_preset_set(tiny_data_root, tmp_p
         "# @package _global_\ndefaults:\n  - override /pattern: 1x1\n"
         "do_prune: false\ntarget_sparsity: 0.9\npruning_frequency: 7\n", encoding="utf-8")
     run_dir = tmp_path / "run"
-    result = _cli("--config-dir", str(tmp_path / "conf"), *TINY, "save_model=false", "experiment=dense",
+    result = run_cli("--config-dir", str(tmp_path / "conf"), *TINY, "save_model=false", "experiment=dense",
                   f"data_root={tiny_data_root}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     summary = json.loads((run_dir / "summary.json").read_text())

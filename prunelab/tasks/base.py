@@ -13,6 +13,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+# Fills per-token eval outputs of shorter batches up to the longest (as transformers' QA examples
+# do); -100 is also the label that token-level losses ignore.
+PAD_LOGIT = -100.0
+
 
 @dataclass
 class TaskData:
@@ -47,6 +51,10 @@ class Task(ABC):
     # start/end) rather than per example: distillation then leaves padding positions out, and
     # per-token features of a whole training set are too large to precompute.
     per_token_outputs: bool
+    # Whether each per-token output holds a distribution over classes on its last axis
+    # ([batch, seq, classes]: token labels, a vocabulary) rather than over the tokens themselves
+    # (SQuAD's [batch, seq]): distillation then averages one KL per real token.
+    token_distributions: bool = False
     # Files ``write_predictions`` may write into the run directory: a run that replaces an earlier
     # one in the same directory removes them with the rest of its outputs.
     output_files: tuple[str, ...] = ()
@@ -71,9 +79,16 @@ class Task(ABC):
     def logits(self, outputs) -> tuple[torch.Tensor, ...]:
         """The logits distillation compares: ``(logits,)`` or ``(start_logits, end_logits)``."""
 
+    def eval_outputs(self, outputs, batch: dict) -> tuple[torch.Tensor, ...]:
+        """What evaluation keeps of one eval batch, reduced as far as the metrics allow before
+        anything is gathered or stored (a language model keeps each token's loss, never
+        [batch, seq, vocab] logits). Tensors are [batch] or [batch, seq, ...]; per-token ones are
+        padded with ``PAD_LOGIT`` across batches. Default: ``logits(outputs)``."""
+        return self.logits(outputs)
+
     @abstractmethod
     def compute_metrics(self, logits: tuple[np.ndarray, ...], data: TaskData) -> dict[str, float]:
-        """Metrics from eval logits concatenated over the whole eval set, in dataset order.
+        """Metrics from ``eval_outputs`` concatenated over the whole eval set, in dataset order.
         Keys carry no prefix (``accuracy``, ``f1``, ``exact_match`` ...)."""
 
     def write_predictions(self, logits: tuple[np.ndarray, ...], data: TaskData, out_dir: Path) -> None:

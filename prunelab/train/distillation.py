@@ -10,6 +10,8 @@ the loop trains on the distillation term alone (``replaces_task_loss``), as INC'
 KL(teacher || student) on softmax at ``temperature``, scaled by T^2 (one-output regression heads use
 MSE instead). Per-token logits (a task's ``per_token_outputs``, e.g. SQuAD start/end, [batch, seq])
 ignore padding positions, so teacher logits precomputed under one padding give the same loss under any other.
+Per-token distributions (a task's ``token_distributions``: token labels, a vocabulary; [batch, seq, classes])
+give one KL per real token, averaged over the tokens.
 ``hidden_mse`` and ``simkd`` (feature distillation) live in ``prunelab.train.feature_distillation``.
 """
 from __future__ import annotations
@@ -132,6 +134,12 @@ class KnowledgeDistiller(TeacherDistiller):
     ):
         if temperature <= 0:
             raise ConfigError(f"distill.temperature={temperature}: must be > 0")
+        if precompute and task.token_distributions:
+            raise ConfigError(
+                "distill.precompute=true: this task's teacher logits are a distribution per token "
+                "([examples, tokens, classes]); those of the whole training set do not fit in memory; "
+                "set distill.precompute=false"
+            )
         super().__init__(task, student, teacher, loss_weight, precompute, replace_task_loss)
         self.temperature = temperature
 
@@ -148,6 +156,8 @@ class KnowledgeDistiller(TeacherDistiller):
             return tuple(t.detach() for t in self.task.logits(self.teacher(**batch)))
 
     def _divergence(self, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if self.task.token_distributions:
+            return self._token_divergence(student, teacher, mask)
         if mask is not None and self.task.per_token_outputs:
             padding = mask == 0
             student = student.masked_fill(padding, PADDING_LOGIT)
@@ -156,6 +166,16 @@ class KnowledgeDistiller(TeacherDistiller):
             return F.mse_loss(student, teacher)
         t = self.temperature
         return F.kl_div(F.log_softmax(student / t, dim=-1), F.softmax(teacher / t, dim=-1), reduction="batchmean") * t * t
+
+    def _token_divergence(self, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """[batch, seq, classes]: one KL per token, averaged over the real (unpadded) tokens."""
+        t = self.temperature
+        per_token = F.kl_div(F.log_softmax(student / t, dim=-1), F.log_softmax(teacher / t, dim=-1),
+                             reduction="none", log_target=True).sum(-1)
+        if mask is None:
+            return per_token.mean() * t * t
+        real = mask[:, : per_token.shape[1]].to(per_token.dtype)
+        return (per_token * real).sum() / real.sum().clamp(min=1) * t * t
 
 
 def _load_teacher(task: Task, path: str) -> torch.nn.Module:

@@ -7,15 +7,12 @@ import numpy as np
 import torch
 from accelerate.utils import send_to_device
 
-from prunelab.tasks.base import Task
-
-# Fills per-token logits of shorter batches up to the longest (as transformers' QA examples do).
-PAD_LOGIT = -100.0
+from prunelab.tasks.base import PAD_LOGIT, Task
 
 
 def predict(model, loader, task: Task, accelerator=None, device=None) -> tuple[tuple[np.ndarray, ...], float | None]:
-    """Logits over the whole loader (one array per tensor of ``task.logits``) and the mean batch
-    loss (None when eval batches carry no targets, as SQuAD's do not).
+    """Eval outputs over the whole loader (one array per tensor of ``task.eval_outputs``, each
+    batch reduced by the task before it is gathered) and the mean batch loss (None when eval batches carry no targets, as SQuAD's do not).
 
     With ``accelerator`` the loader is the prepared (sharded) one and results are gathered from
     every process (a collective call: all processes must call it). Without, this process alone
@@ -29,7 +26,7 @@ def predict(model, loader, task: Task, accelerator=None, device=None) -> tuple[t
             if accelerator is None:
                 batch = send_to_device(batch, device)
             outputs = model(**batch)
-            tensors = list(task.logits(outputs))
+            tensors = list(task.eval_outputs(outputs, batch))
             loss = getattr(outputs, "loss", None)
             if accelerator is not None:
                 loss = None if loss is None else accelerator.gather_for_metrics(loss.detach().reshape(1))

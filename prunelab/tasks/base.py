@@ -47,6 +47,9 @@ class Task(ABC):
     name: str
     family: str  # reported as summary.json's task_family (pairs dense/sparse rows in reports); never branched on
     main_metric: str  # metric key without the "eval/" prefix, e.g. "accuracy" or "f1"
+    # Whether a larger main_metric is better (accuracy, F1) or worse (perplexity): what "best of
+    # seeds" and "relative drop" mean in reports.
+    greater_is_better: bool = True
     # Whether each tensor of ``logits`` holds one value per input token ([batch, seq], e.g. SQuAD's
     # start/end) rather than per example: distillation then leaves padding positions out, and
     # per-token features of a whole training set are too large to precompute.

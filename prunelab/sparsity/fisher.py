@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import torch
 
-BYTES = 4  # the inverses are float32
+BYTES = 8  # the Fisher is accumulated in float64 (its inverse, float32, takes half)
 
 
 def damped_fisher(blocks: int, block_size: int, damp: float, device: torch.device | str = "cpu") -> torch.Tensor:
     """``[blocks, B, B]`` copies of ``damp * I``: the Fisher before any gradient."""
-    eye = torch.eye(block_size, dtype=torch.float32, device=device) * damp
+    eye = torch.eye(block_size, dtype=torch.float64, device=device) * damp
     return eye.expand(blocks, block_size, block_size).contiguous()
 
 
@@ -33,15 +33,17 @@ def add_gradients(fisher: torch.Tensor, grads: torch.Tensor, count: int) -> None
     Why the Fisher and not its inverse: updating ``F^-1`` from ``I / damp`` by Woodbury subtracts
     terms of size 1/damp = 1e7 from each other; in float32 a MiniLM run lost positive definiteness
     after 230 gradients. Sums of outer products only add, and the one inversion per update runs in
-    float64.
+    float64. The sums are float64 too: with fewer gradients than B the sum has rank < B, and float32
+    rounding of entries of size |g|^2 (1e-7 relative) gave it negative eigenvalues larger than
+    damp = 1e-7 (a 64-example MiniLM run failed its Cholesky factorisation).
     """
-    g = grads.to(torch.float32)
+    g = grads.to(torch.float64)
     fisher.baddbmm_(g, g.transpose(1, 2), alpha=1.0 / count)
 
 
 def inverse(fisher: torch.Tensor) -> torch.Tensor:
     """``F^-1`` of every block (float32), through a float64 Cholesky factorisation."""
-    factor = torch.linalg.cholesky(fisher.double())
+    factor = torch.linalg.cholesky(fisher.to(torch.float64))
     return torch.cholesky_inverse(factor).float()
 
 

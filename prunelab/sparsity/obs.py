@@ -105,14 +105,14 @@ class ObsGroup(PruningGroup):
 
     def window_bytes(self) -> int:
         """What a gradient window holds: ``fisher_bytes`` and up to GRADIENT_CHUNK pending gradients."""
-        weights = sum(self._blocks(op) * self.block_sizes[op.name] for op in self.ops) * fisher.BYTES
+        weights = sum(self._blocks(op) * self.block_sizes[op.name] for op in self.ops) * 4  # float32 gradients
         return self.fisher_bytes() + GRADIENT_CHUNK * weights
 
     def peak_bytes(self) -> int:
-        """``window_bytes`` plus the largest op's float64 temporaries of a sub-update (the Fisher,
-        its Cholesky factor and inverse; then the B x B systems and theirs): 6 float32 copies."""
+        """``window_bytes`` plus the largest op's float64 temporaries of a sub-update (its Cholesky
+        factor and inverse; then the B x B systems and theirs): 3 float64 copies of its Fisher."""
         largest = max((fisher.inverse_bytes(op.numel, self.block_sizes[op.name]) for op in self.ops), default=0)
-        return self.window_bytes() + 6 * largest
+        return self.window_bytes() + 3 * largest
 
     def _check_memory(self) -> None:
         if not self.ops:
@@ -125,7 +125,7 @@ class ObsGroup(PruningGroup):
             sizes = sorted(set(self.block_sizes.values()))
             raise ValueError(
                 f"obs: the Fisher inverses need about {need / _GIB:.2f} GiB ({weights} weights x block_size "
-                f"{'/'.join(map(str, sizes))} x 4 bytes, plus {(need - self.fisher_bytes()) / _GIB:.2f} GiB while pruning) but "
+                f"{'/'.join(map(str, sizes))} x {fisher.BYTES} bytes, plus {(need - self.fisher_bytes()) / _GIB:.2f} GiB while pruning) but "
                 f"{free / _GIB:.2f} GiB is free on {device}: lower obs.block_size (memory grows linearly with it)"
             )
 
@@ -169,7 +169,7 @@ class ObsGroup(PruningGroup):
         if op.state is None:
             size = self.block_sizes[op.name]
             op.state = fisher.damped_fisher(self._blocks(op), size, self.settings.damp, op.weight.device)
-        buffer, count = self._pending.get(op.name) or (op.state.new_empty(*op.state.shape[:2], GRADIENT_CHUNK), 0)
+        buffer, count = self._pending.get(op.name) or (op.state.new_empty(*op.state.shape[:2], GRADIENT_CHUNK, dtype=torch.float32), 0)
         buffer[:, :, count] = self._flat(op, op.view.to_2d(op.weight.grad))
         self._pending[op.name] = (buffer, count + 1)
         if count + 1 == GRADIENT_CHUNK:
@@ -229,7 +229,7 @@ class ObsGroup(PruningGroup):
         self._pending.pop(op.name, None)
         pending = entry.get("pending")
         if pending is not None:
-            buffer = op.state.new_empty(*op.state.shape[:2], GRADIENT_CHUNK)
+            buffer = op.state.new_empty(*op.state.shape[:2], GRADIENT_CHUNK, dtype=torch.float32)
             buffer[:, :, : pending.shape[2]] = pending.to(buffer.device)
             self._pending[op.name] = (buffer, pending.shape[2])
 

@@ -1,4 +1,4 @@
-"""Cut pruned attention heads and FFN neurons out of a transformers encoder, exactly.
+"""Cut pruned attention heads and FFN neurons out of a transformers model, exactly.
 
 The modules of a head or a neuron come from the engine's coupling table
 (``prunelab.sparsity.coupling``). A unit is **removable** when its weights show it contributes a
@@ -9,13 +9,17 @@ constant, whatever the input:
 * or its rows in the ``source`` projection (value, FFN input) are all zero: it contributes the
   constant ``W_cols[:, unit] @ act(bias_source[unit])`` (softmax rows sum to 1, so a head whose
   value rows are zero outputs its value bias), which is added to the output projection's bias
-  (what ``1xchannel`` leaves on the FFN intermediate rows, whose biases it never zeroes).
+  (what ``1xchannel`` leaves on the FFN intermediate rows, whose biases it never zeroes). In a
+  gated FFN (Llama's ``act(gate) * up``) the constant multiplies ``up``'s output, so a zero
+  ``gate`` row is removable only when ``act`` of its bias is 0 (no bias, SiLU(0) = 0), adding nothing.
 
 Removing a unit drops its rows (weights and bias entries) from every ``rows`` module and its
 columns from every ``cols`` module, so per-layer widths differ. A layer that keeps no unit of a
 kind has its ``block`` replaced by ``EmptyBlock`` and its output projections by ``BiasOnly``: the
 attention output (or FFN output) is then just that bias. Nothing else changes shape: zeros inside
-kept rows (4x1, 2:4, 1x1 patterns) stay where they are.
+kept rows (4x1, 2:4, 1x1 patterns) stay where they are. With grouped-query attention a head unit is
+a key/value head with its query heads, so every layer keeps whole groups and its attention's
+``num_key_value_groups`` stays true.
 
 The record of what was kept (``RECORD_KEY`` in the model config) is all that ``load_compacted``
 needs to rebuild the layers before loading the weights.
@@ -28,7 +32,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from prunelab.sparsity.coupling import KINDS, Structure, find_structures
+from prunelab.sparsity.coupling import KINDS, Slice, Structure, find_structures, unit_flags
+from prunelab.sparsity.ops import OpView, op_kind
 
 RECORD_KEY = "prunelab_compaction"  # config.json key holding the per-layer structure
 RECORD_FORMAT = 1
@@ -142,13 +147,18 @@ def plan_compaction(model: nn.Module, kept_units: dict | None = None) -> list[St
     modules = dict(model.named_modules())
     plans = []
     for structure in structures_of(model):
-        units, size = structure.units, structure.unit_size
+        units = structure.units
         silent = torch.ones(units, dtype=torch.bool)
-        for name in structure.cols:
-            weight = modules[name].weight
-            silent &= (weight.reshape(weight.shape[0], units, size) == 0).all(dim=2).all(dim=0).cpu()
-        source = modules[structure.module(structure.spec.source)].weight
-        constant = (source.reshape(units, -1) == 0).all(dim=1).cpu()
+        for piece in structure.slices:
+            if piece.axis == "cols":
+                weight = _matrix(modules[piece.module])[:, piece.start : piece.start + units * piece.size]
+                silent &= (weight.reshape(weight.shape[0], units, piece.size) == 0).all(dim=2).all(dim=0).cpu()
+        source = structure.source
+        rows = _matrix(modules[source.module])[source.start : source.start + units * source.size]
+        constant = (rows.reshape(units, -1) == 0).all(dim=1).cpu()
+        if structure.spec.gate is not None:
+            # act(bias) times the gate's input-dependent output: constant (zero) only where act(bias) is 0
+            constant &= (_source_constant(modules, structure, list(range(units))) == 0).all(dim=1).cpu()
         removable = silent | constant
         if kept_units is not None:
             engine = kept_units.get(structure.layer, {}).get(f"{structure.kind}s")
@@ -161,7 +171,7 @@ def plan_compaction(model: nn.Module, kept_units: dict | None = None) -> list[St
                         "are not zero; compact the model the masks were applied to"
                     )
         keep = [u for u in range(units) if not removable[u]]
-        folded = [u for u in range(units) if constant[u] and not silent[u]]
+        folded = [] if structure.spec.gate is not None else [u for u in range(units) if constant[u] and not silent[u]]
         plans.append(StructurePlan(structure, keep, folded))
     return plans
 
@@ -171,9 +181,10 @@ def compact(model: nn.Module, kept_units: dict | None = None, inplace: bool = Fa
     """A copy of ``model`` (or ``model`` itself with ``inplace``) with every removable head and
     neuron cut out; its outputs equal the input model's up to float rounding.
 
-    ``model`` is a BertFor*/RobertaFor*/DistilBertFor* (any model whose layers the coupling table
-    knows) whose pruned weights are zero, e.g. a saved prunelab run. The copy's config carries the
-    record that ``save_compacted``/``load_compacted`` need.
+    ``model`` is a BertFor*/RobertaFor*/DistilBertFor*, LlamaFor*/Qwen2For*/MistralFor* or
+    GPT2LMHeadModel (any model whose layers the coupling table knows) whose pruned weights are
+    zero, e.g. a saved prunelab run. The copy's config carries the record that
+    ``save_compacted``/``load_compacted`` need.
     """
     before = count_parameters(model)
     plans = plan_compaction(model, kept_units)
@@ -200,52 +211,96 @@ def build_record(plans: list[StructurePlan]) -> dict:
     return {"format": RECORD_FORMAT, "architecture": architecture, "layers": layers}
 
 
-def _index(keep: list[int], size: int, device: torch.device) -> torch.Tensor:
-    return (torch.tensor(keep, dtype=torch.long, device=device).unsqueeze(1) * size + torch.arange(size, device=device)).flatten()
+def _view(module: nn.Module) -> OpView:
+    return OpView(op_kind(module), module.weight.shape)
 
 
-def _linear_like(old: nn.Linear, in_features: int, out_features: int, bias: bool) -> nn.Linear:
-    return nn.Linear(in_features, out_features, bias=bias, device=old.weight.device, dtype=old.weight.dtype)
+def _matrix(module: nn.Module) -> torch.Tensor:
+    """The module's weight as ``[out, in]`` (GPT-2's Conv1D stores ``[in, out]``)."""
+    return _view(module).to_2d(module.weight)
+
+
+def _kept_index(structure: Structure, module: str, keep: list[int], length: int, device: torch.device) -> torch.Tensor:
+    """Indices along ``module``'s unit axis that stay: those of kept units and those of no unit."""
+    flags = torch.zeros(structure.units, dtype=torch.bool, device=device)
+    flags[keep] = True
+    return torch.nonzero(unit_flags(structure.slices_of(module), flags, length)).squeeze(1)
+
+
+def _resized(old: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    """A module of ``old``'s kind holding the ``[out, in]`` ``weight`` and ``bias``."""
+    out_features, in_features = weight.shape
+    device, dtype = old.weight.device, old.weight.dtype
+    if op_kind(old) == "Conv1D":  # transformers' Conv1D(nf=out, nx=in), always with a bias
+        new = type(old)(out_features, in_features).to(device, dtype)
+    else:
+        new = nn.Linear(in_features, out_features, bias=bias is not None, device=device, dtype=dtype)
+    new.weight.copy_(_view(new).from_2d(weight))
+    if bias is not None:
+        new.bias.copy_(bias)
+    elif new.bias is not None:
+        new.bias.zero_()
+    return new
 
 
 def _cut(model: nn.Module, plan: StructurePlan) -> None:
     """Remove the units outside ``plan.keep`` from ``model``'s modules, folding constants."""
     structure, modules = plan.structure, dict(model.named_modules())
-    size = structure.unit_size
     fold = _folded_bias(modules, plan)
     if not plan.keep:
         _empty(model, structure, fold)
         return
-    index = _index(plan.keep, size, modules[structure.rows[0]].weight.device)
     for name in structure.rows:
         old = modules[name]
-        new = _linear_like(old, old.in_features, index.numel(), old.bias is not None)
-        new.weight.copy_(old.weight[index])
-        if old.bias is not None:
-            new.bias.copy_(old.bias[index])
-        model.set_submodule(name, new)
+        weight = _matrix(old)
+        index = _kept_index(structure, name, plan.keep, weight.shape[0], weight.device)
+        model.set_submodule(name, _resized(old, weight[index], None if old.bias is None else old.bias[index]))
     for name in structure.cols:
         old = modules[name]
+        weight = _matrix(old)
+        index = _kept_index(structure, name, plan.keep, weight.shape[1], weight.device)
         extra = fold.get(name)
-        new = _linear_like(old, index.numel(), old.out_features, old.bias is not None or extra is not None)
-        new.weight.copy_(old.weight[:, index])
-        if new.bias is not None:
-            new.bias.copy_((old.bias if old.bias is not None else 0) + (extra if extra is not None else 0))
-        model.set_submodule(name, new)
-    _set_head_count(modules, structure, len(plan.keep))
+        bias = old.bias if extra is None else extra if old.bias is None else old.bias + extra
+        model.set_submodule(name, _resized(old, weight[:, index], bias))
+    _set_counts(modules[structure.module(structure.spec.block)], structure, len(plan.keep))
+
+
+def _unit_index(units: list[int], piece: Slice, device: torch.device) -> torch.Tensor:
+    """The indices of ``units`` in ``piece``, unit by unit."""
+    first = torch.tensor(units, dtype=torch.long, device=device).unsqueeze(1) * piece.size + piece.start
+    return (first + torch.arange(piece.size, device=device)).flatten()
+
+
+def _source_constant(modules: dict[str, nn.Module], structure: Structure, units: list[int]) -> torch.Tensor:
+    """``[len(units), source size]``: what each unit's source rows output when their weights are
+    zero, after the activation (the bias, or 0 without one)."""
+    source = structure.source
+    module = modules[source.module]
+    index = _unit_index(units, source, module.weight.device)
+    constant = module.bias[index] if module.bias is not None else module.weight.new_zeros(index.numel())
+    if structure.spec.activation is not None:
+        constant = _resolve(modules, structure.module(structure.spec.activation))(constant)
+    return constant.reshape(len(units), source.size)
 
 
 def _folded_bias(modules: dict[str, nn.Module], plan: StructurePlan) -> dict[str, torch.Tensor]:
-    """Per ``cols`` module: the constants of the folded units, summed (``W[:, unit] @ act(b)``)."""
+    """Per ``cols`` module: the constants of the folded units, summed (``W[:, unit] @ act(b)``).
+
+    A unit's columns may be a multiple of its source rows: with grouped-query attention each of the
+    query heads sharing a value head adds that value head's constant, so it is tiled."""
     structure = plan.structure
-    source = modules[structure.module(structure.spec.source)]
-    if not plan.folded or source.bias is None:
+    if not plan.folded or modules[structure.source.module].bias is None:
         return {}
-    index = _index(plan.folded, structure.unit_size, source.weight.device)
-    constant = source.bias[index]
-    if structure.spec.activation is not None:
-        constant = _resolve(modules, structure.module(structure.spec.activation))(constant)
-    return {name: modules[name].weight[:, index] @ constant for name in structure.cols}
+    constant = _source_constant(modules, structure, plan.folded)
+    fold = {}
+    for piece in structure.slices:
+        if piece.axis != "cols":
+            continue
+        weight = _matrix(modules[piece.module])
+        index = _unit_index(plan.folded, piece, weight.device)
+        tiled = constant.repeat(1, piece.size // structure.source.size).flatten()
+        fold[piece.module] = fold.get(piece.module, 0) + weight[:, index] @ tiled
+    return fold
 
 
 def _resolve(modules: dict[str, nn.Module], name: str):
@@ -264,7 +319,7 @@ def _empty(model: nn.Module, structure: Structure, fold: dict[str, torch.Tensor]
     inside: dict[str, BiasOnly] = {}
     for name in structure.cols:
         old = modules[name]
-        bias = old.bias if old.bias is not None else torch.zeros(old.out_features, device=old.weight.device, dtype=old.weight.dtype)
+        bias = old.bias if old.bias is not None else old.weight.new_zeros(_view(old).rows)
         projection = BiasOnly(bias + fold[name] if name in fold else bias)
         if name.startswith(block + "."):
             inside[name[len(block) + 1 :]] = projection
@@ -273,18 +328,13 @@ def _empty(model: nn.Module, structure: Structure, fold: dict[str, torch.Tensor]
     model.set_submodule(block, EmptyBlock(structure.kind == "head", inside))
 
 
-def _set_head_count(modules: dict[str, nn.Module], structure: Structure, kept: int) -> None:
-    """Keep the attention module's bookkeeping attributes true (forward passes do not read them)."""
-    if structure.kind != "head":
-        return
-    parent = modules[structure.rows[0].rpartition(".")[0]] if "." in structure.rows[0] else None
-    if parent is None:
-        return
-    for attribute in ("num_attention_heads", "n_heads"):
-        if isinstance(getattr(parent, attribute, None), int):
-            setattr(parent, attribute, kept)
-    if isinstance(getattr(parent, "all_head_size", None), int):
-        parent.all_head_size = kept * structure.unit_size
+def _set_counts(block: nn.Module, structure: Structure, kept: int) -> None:
+    """Set the per-layer counts the block keeps (``spec.attributes``) to the kept units: some
+    forwards read them (GPT-2 splits ``c_attn`` by ``split_size``), the others keep them true."""
+    values = {"units": kept, "width": kept * structure.unit_size}
+    for attribute, what in structure.spec.attributes:
+        if isinstance(getattr(block, attribute, None), int):
+            setattr(block, attribute, values[what])
 
 
 @torch.no_grad()

@@ -27,22 +27,28 @@ from torch import nn
 from prunelab.sparsity.calibrated import CalibratedGroup
 from prunelab.sparsity.config import GroupConfig
 from prunelab.sparsity.criteria import CRITERIA
-from prunelab.sparsity.coupling import Structure, find_structures, known_layouts
-from prunelab.sparsity.patterns import with_pruned_last
+from prunelab.sparsity.coupling import Slice, Structure, find_structures, known_layouts, unit_flags
 from prunelab.sparsity.obs import ObsGroup
+from prunelab.sparsity.ops import OpView, op_kind
+from prunelab.sparsity.patterns import with_pruned_last
 from prunelab.sparsity.pruner import PruningGroup
 
 
 @dataclass
 class Member:
-    """One module of a structure: its rows (weight rows + bias) or its columns belong to the units."""
+    """One module of a structure: its rows (weight rows + bias) or its columns, in one or more
+    slices (GPT-2's fused ``c_attn``: three), belong to the units."""
 
     name: str
-    module: nn.Linear
-    axis: str  # "rows" or "cols"
-    unit_size: int
-    weight_mask: torch.Tensor | None = None  # [out, 1] (rows) or [1, in] (cols), the weight's dtype
+    module: nn.Module  # nn.Linear or GPT-2 Conv1D
+    axis: str  # "rows" or "cols" of the [out, in] view
+    slices: tuple[Slice, ...]
+    units: int
+    weight_mask: torch.Tensor | None = None  # broadcast over the stored weight: [out, 1] or [1, in] as [out, in]
     bias_mask: torch.Tensor | None = None  # [out] for a rows member with a bias
+
+    def __post_init__(self) -> None:
+        self.view = OpView(op_kind(self.module), self.module.weight.shape)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -54,20 +60,30 @@ class Member:
 
     @property
     def numel(self) -> int:
-        return self.module.weight.numel()
+        """Weights of the units in this module."""
+        other = self.view.cols if self.axis == "rows" else self.view.rows
+        return sum(self.units * piece.size * other for piece in self.slices)
 
     def reduce(self, elementwise: torch.Tensor) -> torch.Tensor:
         """Per-unit sums ``[units]`` of a weight-shaped element-wise score."""
-        rows, cols = elementwise.shape
-        if self.axis == "rows":
-            return elementwise.reshape(rows // self.unit_size, self.unit_size * cols).sum(dim=1)
-        return elementwise.reshape(rows, cols // self.unit_size, self.unit_size).sum(dim=(0, 2))
+        matrix = self.view.to_2d(elementwise)
+        total = None
+        for piece in self.slices:
+            span = slice(piece.start, piece.start + self.units * piece.size)
+            if self.axis == "rows":
+                part = matrix[span].reshape(self.units, -1).sum(dim=1)
+            else:
+                part = matrix[:, span].reshape(matrix.shape[0], self.units, piece.size).sum(dim=(0, 2))
+            total = part if total is None else total + part
+        return total
 
     def write(self, keep: torch.Tensor) -> None:
         """Rebuild the broadcast masks from per-unit ``keep`` flags."""
         weight = self.module.weight
-        per_index = keep.repeat_interleave(self.unit_size).to(weight.device, weight.dtype)
-        self.weight_mask = per_index.unsqueeze(1) if self.axis == "rows" else per_index.unsqueeze(0)
+        length = self.view.rows if self.axis == "rows" else self.view.cols
+        per_index = unit_flags(self.slices, keep.to(weight.device, weight.dtype), length)
+        matrix = per_index.unsqueeze(1) if self.axis == "rows" else per_index.unsqueeze(0)
+        self.weight_mask = self.view.from_2d(matrix).contiguous()
         self.bias_mask = per_index if self.bias is not None else None
 
     def pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -149,7 +165,7 @@ class CoupledGroup(PruningGroup):
         offset = 0
         for structure in self._complete:
             members = [
-                Member(name, self._modules[name], axis, structure.unit_size)
+                Member(name, self._modules[name], axis, structure.slices_of(name), structure.units)
                 for axis, names in (("rows", structure.rows), ("cols", structure.cols))
                 for name in names
             ]

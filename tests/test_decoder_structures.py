@@ -254,3 +254,47 @@ def test_the_engine_zeroes_whole_units_and_its_model_compacts_exactly(family):
     assert result.removed["heads"] == heads and result.removed["neurons"] == ffn
     inputs = ids()
     assert torch.allclose(logits(result.model, inputs), logits(model, inputs), atol=ATOL)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_unit_score_is_the_mean_over_all_its_parts_of_unequal_sizes(family):
+    """Every weight 1 except one unit's output-projection columns (Llama: a key/value group's 32
+    o_proj columns against its 16 key and 16 value rows; GPT-2: one head's c_proj rows of the
+    stored [in, out] weight): that unit is the weakest only if all of its parts count."""
+    model = BUILDERS[family]()
+    weak = 1
+    with torch.no_grad():
+        for layer in range(2):
+            heads = units_of(family, model, layer)["head"]
+            for weight, _, _, _ in heads[0]:  # each piece holds its whole module's weight
+                weight.fill_(1.0)
+            for weight, _, axis, index in heads[weak][-1:]:  # the output projection's part
+                weight.index_fill_(axis, index, 0.01)
+    config = {"pruning_type": "magnitude", "pruning_scope": "local", "pattern": "head",
+              "target_sparsity": 1 / (HEADS if family == "gpt2" else KV_HEADS)}
+    if family == "gpt2":
+        config["pruning_op_types"] = ["Conv1D"]
+    pruning = prunelab.prepare_pruning(model, config)
+    pruning.on_train_begin()
+    pruning.on_step_begin(0)
+    units = HEADS if family == "gpt2" else KV_HEADS
+    for kinds in pruning.kept_units().values():
+        assert kinds["heads"] == [u for u in range(units) if u != weak]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_decoding_with_a_cache_stays_exact_when_layer_0_keeps_no_head(family, tmp_path):
+    """transformers reads the cached length off layer 0: its stand-in attention must keep it."""
+    model = BUILDERS[family]()
+    zero_units(family, model, 0, "head", range(HEADS if family == "gpt2" else KV_HEADS))
+    result = compact(model)
+    save_compacted(result, tmp_path)
+    inputs = ids(batch=2, length=8)
+    with torch.no_grad():
+        expected = model(input_ids=inputs).logits[:, -2:]
+        for compacted in (result.model, load_compacted(tmp_path)):
+            prefix = compacted(input_ids=inputs[:, :6], use_cache=True)
+            assert prefix.past_key_values.get_seq_length() == 6
+            cache = prefix.past_key_values
+            steps = [compacted(input_ids=inputs[:, i : i + 1], cache=cache).logits for i in (6, 7)]
+            assert torch.allclose(torch.cat(steps, dim=1), expected, atol=ATOL)

@@ -60,16 +60,26 @@ class EmptyBlock(nn.Module):
     It passes its input on (only its shape matters to the ``BiasOnly`` projection after it) through
     the output projections that lived inside the block; a self-attention stand-in returns
     ``(output, None)`` like the module it replaces.
+
+    A decoder's self-attention stand-in (``cache_layer``: the replaced attention's ``layer_idx``)
+    still writes one zero key and value of width 1 per token into a key/value cache it is given:
+    transformers reads the cached length off the cache's layers (layer 0 first), and a layer that
+    cached nothing would restart positions and masks at 0 on every decoding step.
     """
 
-    def __init__(self, returns_pair: bool, projections: dict[str, BiasOnly] | None = None):
+    def __init__(self, returns_pair: bool, projections: dict[str, BiasOnly] | None = None, cache_layer: int | None = None):
         super().__init__()
         self.returns_pair = returns_pair
+        self.cache_layer = cache_layer
         self._order = list(projections or {})
         for name, module in (projections or {}).items():
             self.add_module(name, module)
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if self.cache_layer is not None and cache is not None:
+            placeholder = hidden_states.new_zeros(hidden_states.shape[0], 1, hidden_states.shape[1], 1)
+            cache.update(placeholder, placeholder, self.cache_layer)
         output = hidden_states
         for name in self._order:
             output = getattr(self, name)(output)
@@ -325,7 +335,8 @@ def _empty(model: nn.Module, structure: Structure, fold: dict[str, torch.Tensor]
             inside[name[len(block) + 1 :]] = projection
         else:
             model.set_submodule(name, projection)
-    model.set_submodule(block, EmptyBlock(structure.kind == "head", inside))
+    layer_idx = getattr(modules[block], "layer_idx", None) if structure.kind == "head" else None
+    model.set_submodule(block, EmptyBlock(structure.kind == "head", inside, layer_idx if isinstance(layer_idx, int) else None))
 
 
 def _set_counts(block: nn.Module, structure: Structure, kept: int) -> None:

@@ -4,11 +4,30 @@ Conv1D. Found, zeroed by the engine, cut out with logits unchanged, saved and re
 positions are written out by hand here, independently of the coupling table."""
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 from transformers.utils import logging as hf_logging
 
 import prunelab
-from prunelab.export import BiasOnly, EmptyBlock, compact, load_compacted, save_compacted
+from prunelab.export import (
+    BiasOnly,
+    EmptyBlock,
+    compact,
+    export_onnx,
+    load_compacted,
+    ort_session,
+    run_ort,
+    save_compacted,
+)
+from prunelab.export.onnx_export import example_inputs, max_abs_diff, torch_outputs
 from prunelab.sparsity.coupling import find_structures
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, VOCAB = 64, 4, 2, 16, 100
@@ -24,6 +43,14 @@ def tiny_llama(seed=0):
                          intermediate_size=GQA_FFN, num_hidden_layers=2, vocab_size=VOCAB, tie_word_embeddings=True,
                          initializer_range=0.1)
     return LlamaForCausalLM(config).eval()
+
+
+def tiny_mistral(seed=0):
+    torch.manual_seed(seed)
+    config = MistralConfig(hidden_size=HIDDEN, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
+                           intermediate_size=GQA_FFN, num_hidden_layers=2, vocab_size=VOCAB, tie_word_embeddings=True,
+                           initializer_range=0.1, head_dim=HEAD_DIM)
+    return MistralForCausalLM(config).eval()
 
 
 def tiny_qwen2(seed=0):
@@ -50,7 +77,7 @@ def tiny_gpt2(seed=0):
     return model
 
 
-BUILDERS = {"llama": tiny_llama, "qwen2": tiny_qwen2, "gpt2": tiny_gpt2}
+BUILDERS = {"llama": tiny_llama, "mistral": tiny_mistral, "qwen2": tiny_qwen2, "gpt2": tiny_gpt2}
 
 
 def units_of(family, model, layer):
@@ -109,7 +136,7 @@ def logits(model, inputs):
         return model(input_ids=inputs).logits
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "gpt2"])
 def test_find_structures_gives_one_head_and_one_neuron_structure_per_layer(family):
     model = BUILDERS[family]()
     heads, problems = find_structures(model, "head")
@@ -146,7 +173,7 @@ def cut_parameters(family, kind, count):
     return per * count
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "gpt2"])
 def test_zeroed_units_compact_to_equal_logits_and_fewer_parameters(family, tmp_path):
     model = BUILDERS[family]()
     heads = KV_HEADS if family != "gpt2" else HEADS
@@ -298,3 +325,15 @@ def test_decoding_with_a_cache_stays_exact_when_layer_0_keeps_no_head(family, tm
             cache = prefix.past_key_values
             steps = [compacted(input_ids=inputs[:, i : i + 1], cache=cache).logits for i in (6, 7)]
             assert torch.allclose(torch.cat(steps, dim=1), expected, atol=ATOL)
+
+
+def test_a_compacted_gqa_llama_exports_to_onnx_with_equal_logits(tmp_path):
+    model = tiny_llama()
+    zero_units("llama", model, 0, "head", range(KV_HEADS))
+    zero_units("llama", model, 1, "head", [0])
+    zero_units("llama", model, 1, "neuron", range(0, GQA_FFN, 2))
+    result = compact(model)
+    info = export_onnx(result.model, tmp_path / "model.onnx")
+    assert info["inputs"] == ["input_ids", "attention_mask"] and info["outputs"] == ["logits"]
+    inputs = example_inputs(model, batch=2, sequence=9)
+    assert max_abs_diff(torch_outputs(model, inputs), run_ort(ort_session(tmp_path / "model.onnx", threads=1), inputs)) <= 1e-4

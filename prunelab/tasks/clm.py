@@ -24,7 +24,8 @@ class CausalLMTask(Task):
     from the directory the command was started in. Documents are joined with the tokenizer's EOS
     between them and cut into blocks of ``block_size`` tokens (null: the run-level
     ``max_length``), the tail dropped. ``max_train_samples`` / ``max_eval_samples``: the first
-    that many blocks.
+    that many blocks. ``data_root`` and ``seed`` come with the run-time keywords every task takes
+    and are not read: the files are named directly and blocks are taken in order.
 
     Metrics: ``loss``, the mean negative log-likelihood over every predicted token of the eval
     set (each block predicts its tokens after the first), and ``perplexity = exp(loss)`` (lower

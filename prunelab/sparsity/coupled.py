@@ -7,9 +7,10 @@ checkpoints); only what touches tensors is specialised here:
 
 * **Scores.** A unit's score is the criterion reduced over *all* its weights in all its modules
   (its rows in query/key/value, its columns in the output projection; its FFN row and column),
-  divided by their number: the mean, as for every other pattern. Biases follow their rows in the
-  masks (so the unit is exactly removable) but are neither scored nor counted, like every other
-  pattern's biases.
+  however many each module holds (a grouped-query unit: the rows of its query heads but of one key
+  and one value head), divided by their number: the mean, as for every other pattern. Biases
+  follow their rows in the masks (so the unit is exactly removable) but are neither scored nor
+  counted, like every other pattern's biases.
 * **Masks.** Each structure keeps one 0/1 flag per unit (``keep``); every member weight and bias
   is multiplied by a broadcast view of it after every optimizer step (and gradients before it), so
   the coupled invariant (all of a unit's weights zero together) holds exactly through training.
@@ -44,8 +45,9 @@ class Member:
     axis: str  # "rows" or "cols" of the [out, in] view
     slices: tuple[Slice, ...]
     units: int
-    weight_mask: torch.Tensor | None = None  # broadcast over the stored weight: [out, 1] or [1, in] as [out, in]
+    weight_mask: torch.Tensor | None = None  # [out, 1] (rows) or [1, in] (cols) as [out, in], stored like the weight
     bias_mask: torch.Tensor | None = None  # [out] for a rows member with a bias
+    view: OpView = field(init=False)  # reads the weight as [out, in] (GPT-2's Conv1D stores [in, out])
 
     def __post_init__(self) -> None:
         self.view = OpView(op_kind(self.module), self.module.weight.shape)

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from torch.utils.data import DataLoader
-from transformers import AutoModelForCausalLM, GPT2LMHeadModel, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2LMHeadModel, LlamaForCausalLM
 
+import prunelab
 from prunelab.app.config import build
+from prunelab.app.stages import engine_config
 from prunelab.errors import ConfigError
 from prunelab.models import PretrainedModel, TinyGpt2, TinyLlama, byte_tokenizer
 from prunelab.tasks.clm import CausalLMTask
@@ -83,6 +85,18 @@ def test_package_and_gguf_errors_are_one_line(tmp_path):
         PretrainedModel("x", "package:not_a_pkg").source
     with pytest.raises(ConfigError, match=r"^model.gguf_file=missing.gguf: not found in model.name_or_path="):
         PretrainedModel("x", str(tmp_path), gguf_file="missing.gguf").load_tokenizer()
+
+
+@pytest.mark.parametrize("task, auto_class, head", [
+    ("clm", AutoModelForCausalLM, "lm_head"), ("sst2", AutoModelForSequenceClassification, "score"),
+])
+def test_default_pruning_keys_leave_decoder_heads_alone(make_config, task, auto_class, head):
+    """lm_head shares its weight with the input embeddings; score is a decoder's classifier."""
+    cfg = make_config("model=tiny-llama", f"task={task}", "pattern=2:4")
+    model = TinyLlama().load_model(auto_class, **({"num_labels": 2} if task == "sst2" else {}))
+    engine = prunelab.prepare_pruning(model, engine_config(cfg, steps_per_epoch=10))
+    pruned = engine.report()["groups"][0]["ops"]
+    assert len(pruned) == 14 and head not in pruned and all(name.startswith("model.layers.") for name in pruned)
 
 
 def _run(tmp_path: Path, text_files, *overrides: str) -> tuple[dict, Path]:

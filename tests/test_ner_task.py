@@ -102,7 +102,7 @@ def test_files_resolve_against_data_root_else_the_working_directory(tmp_path, mo
     assert len(NerTask(NAMES, train_file="train.txt", validation_file="dev.txt").load(character_tokenizer()).train) == 4
     with pytest.raises(ConfigError) as refused:
         NerTask(NAMES, train_file="train.txt", validation_file="nope.txt").load(character_tokenizer())
-    assert str(refused.value) == (f"task.validation_file=nope.txt: {tmp_path / 'nope.txt'} not found "
+    assert str(refused.value) == (f"task.validation_file=nope.txt: {(tmp_path / 'nope.txt').resolve()} not found "
                                   "(relative paths start at the working directory)")
 
 

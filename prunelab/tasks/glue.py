@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 
 from prunelab.errors import ConfigError
-from prunelab.tasks.base import Task, TaskData
+from prunelab.tasks.base import Task, TaskData, first_examples
 from prunelab.tasks.glue_files import parse_labels, read_glue_table
 from prunelab.tasks.glue_metrics import GLUE_METRICS, glue_metrics
 
@@ -84,9 +84,9 @@ class GlueTask(Task):
             train, evaluation, notes = self._load_local()
         else:
             train, evaluation, notes = self._load_hub()
-        train, note = _first(train, self.max_train_samples, "max_train_samples", "training")
+        train, note = first_examples(train, self.max_train_samples, "max_train_samples", "training")
         notes += note
-        evaluation, note = _first(evaluation, self.max_eval_samples, "max_eval_samples", "evaluation")
+        evaluation, note = first_examples(evaluation, self.max_eval_samples, "max_eval_samples", "evaluation")
         notes += note
         eval_labels = np.asarray(evaluation["label"])
         return TaskData(
@@ -150,11 +150,3 @@ class GlueTask(Task):
 
         return split.map(encode, batched=True, remove_columns=split.column_names)
 
-
-def _first(split: datasets.Dataset, limit: int | None, field: str, what: str) -> tuple[datasets.Dataset, list[str]]:
-    """The first ``limit`` examples (as the reference scripts select them) and a note when cut."""
-    if limit is None or limit >= len(split):
-        return split, []
-    if limit < 1:
-        raise ConfigError(f"{field}={limit}: must be a positive number of examples or null")
-    return split.select(range(limit)), [f"{field}={limit}: first {limit} of {len(split)} {what} examples"]

@@ -10,8 +10,7 @@ import torch
 from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification
 
 from prunelab.errors import ConfigError
-from prunelab.tasks.base import Task, TaskData
-from prunelab.tasks.glue import _first
+from prunelab.tasks.base import Task, TaskData, first_examples
 from prunelab.tasks.ner_data import first_subtoken_labels, read_conll
 from prunelab.tasks.ner_metric import TagScheme, ner_scores
 
@@ -93,9 +92,9 @@ class NerTask(Task):
             )
         else:
             train, evaluation, notes = self._load_hub()
-        train, note = _first(train, self.max_train_samples, "max_train_samples", "training")
+        train, note = first_examples(train, self.max_train_samples, "max_train_samples", "training")
         notes += note
-        evaluation, note = _first(evaluation, self.max_eval_samples, "max_eval_samples", "evaluation")
+        evaluation, note = first_examples(evaluation, self.max_eval_samples, "max_eval_samples", "evaluation")
         notes += note
         tokens, tags = list(evaluation["tokens"]), list(evaluation["ner_tags"])
         eval_set, scored = self._encode(tokens, tags, tokenizer)

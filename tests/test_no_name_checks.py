@@ -11,6 +11,8 @@ import pytest
 import yaml
 from hydra.utils import get_object
 
+from prunelab.sparsity.config import PRUNING_TYPES
+
 ROOT = Path(__file__).resolve().parents[1]
 SCANNED = ("prunelab/app", "prunelab/train")
 # Attributes that name a component rather than say what it does.
@@ -31,9 +33,11 @@ def _option_classes() -> dict[str, type]:
 
 
 def _component_names() -> set[str]:
-    """What a name check would compare with: every option's class name and every task family."""
+    """What a name check would compare with: every option's class name, every task family and
+    every pruning_type (criteria are declared in the engine's CRITERIA, a lock by the engine)."""
     options = _option_classes().values()
-    return {o.__name__ for o in options} | {o.family for o in options if isinstance(getattr(o, "family", None), str)}
+    return ({o.__name__ for o in options} | {o.family for o in options if isinstance(getattr(o, "family", None), str)}
+            | set(PRUNING_TYPES))
 
 
 def _task_files() -> set[str]:
@@ -110,7 +114,7 @@ def check(cfg, task, outputs):
         pass
     if target.endswith(("OneShotSchedule", "Other")):
         pass
-    if "_target_" in cfg.distill and cfg.pruning_type == "magnitude":  # a key and a setting: allowed
+    if "_target_" in cfg.distill and cfg.pruning_type == "pattern_lock":  # a pruning_type by name: caught
         get_object(cfg.distill._target_).distils  # reading a declaration: allowed
     OUTPUTS = ("summary.json", "predictions.json")
 '''
@@ -120,7 +124,7 @@ def test_the_scan_catches_planted_name_checks(names, task_files):
     assert {"glue", "squad", "KnowledgeDistiller", "OneShotSchedule", "SquadTask"} <= names
     assert {"predictions.json", "null_odds.json"} <= task_files
     found = name_checks(PLANTED, names, task_files)
-    assert [int(line.split(":")[0]) for line in found] == [3, 5, 7, 9, 11, 13, 15, 19], found
+    assert [int(line.split(":")[0]) for line in found] == [3, 5, 7, 9, 11, 13, 15, 17, 19], found
 
 
 def test_every_shipped_option_declares_what_the_core_reads():

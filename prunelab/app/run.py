@@ -40,6 +40,7 @@ from prunelab.app.schema import PRUNING_ONLY_KEYS, check_config, check_inert_ove
 from prunelab.app.stages import STAGES, RunState, check_pruning
 from prunelab.errors import ConfigError, RunInterrupted
 from prunelab.outputs import CONFIG, SUMMARY, RunSummary, write_text_atomic
+from prunelab.sparsity.config import locks_existing_zeros
 from prunelab.train.checkpointing import read_position
 from prunelab.train.interrupts import StopOnSignal
 
@@ -200,8 +201,8 @@ def _describe(cfg: DictConfig) -> dict:
         "do_prune": do_prune,
         "pattern": "+".join(patterns) if do_prune else None,
         "pruning_type": pick("pruning.pruning_type") if do_prune else None,
-        # pattern_lock keeps the zeros there are: no target applies.
-        "target_sparsity": pick("target_sparsity") if do_prune and pick("pruning.pruning_type") != "pattern_lock" else None,
+        # A lock keeps the zeros there are: no target applies.
+        "target_sparsity": pick("target_sparsity") if do_prune and not locks_existing_zeros(pick("pruning.pruning_type")) else None,
         "seed": pick("seed"),
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
     }

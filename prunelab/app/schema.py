@@ -31,6 +31,7 @@ from transformers import SchedulerType
 
 from prunelab.app.config import build, to_input_path
 from prunelab.errors import ConfigError
+from prunelab.sparsity.config import locks_existing_zeros
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = tuple(kind.value for kind in SchedulerType)
@@ -175,7 +176,7 @@ _INERT_RULES = (
     (("do_prune",), lambda cfg: not cfg.do_prune, PRUNING_ONLY_KEYS,
      "do_prune=false (a dense run)", "drop it, or set do_prune=true"),
     (("do_prune", "pruner", "pruning.pruning_type", "pruning_config"),
-     lambda cfg: cfg.do_prune and cfg.pruning.get("pruning_type") == "pattern_lock", LOCK_IGNORED_KEYS,
+     lambda cfg: cfg.do_prune and locks_existing_zeros(cfg.pruning.get("pruning_type")), LOCK_IGNORED_KEYS,
      "pruner=pattern_lock (it keeps the zeros the model has)", "drop it"),
     (("num_train_epochs",), lambda cfg: cfg.num_train_epochs == 0, TRAINING_ONLY_KEYS,
      "num_train_epochs=0 (no training: prune once, then evaluate)", "drop it"),

@@ -17,7 +17,14 @@ from prunelab.sparsity.ops import OP_KINDS, OP_TYPE_ALIASES
 from prunelab.sparsity.patterns import NInMPattern, Pattern, parse_pattern
 from prunelab.sparsity.schedules import DECAYS
 
-PRUNING_TYPES = (*CRITERIA, *(f"{c}_progressive" for c in CRITERIA), "pattern_lock")
+LOCK = "pattern_lock"  # the pruning_type that scores nothing: it keeps the zeros a model has
+PRUNING_TYPES = (*CRITERIA, *(f"{c}_progressive" for c in CRITERIA), LOCK)
+
+
+def locks_existing_zeros(pruning_type: str | None) -> bool:
+    """Whether a pruning_type only keeps the zeros the model has (no criterion, no target), so
+    callers ask the engine rather than compare names."""
+    return pruning_type == LOCK
 SCOPES = ("global", "local")
 OP_TYPES = (*OP_KINDS, *OP_TYPE_ALIASES)
 PROGRESSIVE_STEPS = 4  # INC's fixed number of sub-steps over which a progressive mask is blended in
@@ -83,6 +90,10 @@ class GroupConfig:
     def criterion(self) -> str:
         """The scoring rule without the ``_progressive`` suffix (``pattern_lock`` as is)."""
         return self.pruning_type.removesuffix("_progressive")
+
+    @property
+    def locks_existing_zeros(self) -> bool:
+        return locks_existing_zeros(self.pruning_type)
 
     @property
     def progressive(self) -> bool:

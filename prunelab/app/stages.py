@@ -335,7 +335,7 @@ def _check_steps_fit(config: PruningConfig, total_steps: int) -> None:
     """Step keys given by hand (or by a recipe file) must fall inside this run's training, else the
     target would silently never be reached."""
     for index, group in enumerate(config.groups):
-        if group.end_step >= total_steps and group.target_sparsity > 0 and group.pruning_type != "pattern_lock":
+        if group.end_step >= total_steps and group.target_sparsity > 0 and not group.locks_existing_zeros:
             where = f"pruning_configs[{index}]." if len(config.groups) > 1 else ""
             raise ConfigError(
                 f"pruning.{where}end_step={group.end_step}: past the last optimizer step of this run "

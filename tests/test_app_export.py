@@ -34,7 +34,7 @@ def test_heads_and_neurons_are_cut_out_exactly(make_config, tmp_path):
 def test_export_needs_the_saved_model(make_config, tmp_path):
     with pytest.raises(ConfigError) as caught:
         run(make_config("export=compact", "save_model=false"), tmp_path)
-    assert str(caught.value) == "export=compact: works on the saved model; set save_model=true"
+    assert str(caught.value) == "export: works on the saved model; set save_model=true, or export=none"
 
 
 @pytest.mark.parametrize("overrides, message", [

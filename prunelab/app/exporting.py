@@ -1,6 +1,6 @@
 """The ``export`` config group: what the run does with ``prunelab.export`` after saving its model.
 
-``none`` stops at ``model/``. ``compact`` cuts the pruned attention heads and FFN neurons out of
+``none`` (``NoExport``) stops at ``model/``. ``compact`` (``CompactExport``) cuts the pruned attention heads and FFN neurons out of
 the saved model (exactly), has every backend of ``backends`` (``prunelab.export.backends``) write
 the result, checks every copy's logits against the saved model and measures latencies:
 ``<run dir>/export/`` with ``export.json``, the same as ``python -m prunelab.export RUN_DIR``
@@ -17,17 +17,23 @@ from prunelab.errors import ConfigError
 from prunelab.export.backends import backend_classes
 from prunelab.export.run_dir import DEFAULT_BACKENDS, export_run
 
-KINDS = ("none", "compact")
+
+
+class NoExport:
+    """``export=none``: the run ends with ``model/``."""
+
+    enabled = False  # the config checks and the export stage read this, never the option's name
+    int8_backends: list[str] = []
 
 
 @dataclass
-class Export:
-    """kind: none | compact; backends: export backends (names in prunelab.export.backends.BACKENDS),
+class CompactExport:
+    """``export=compact``. backends: export backends (names in prunelab.export.backends.BACKENDS),
     each writing, checking and timing the compacted model; latency_runs: timed runs per latency
     figure (0: no latency measurement); batch_sizes / sequence: latency inputs (examples, tokens);
     threads: CPU threads for the latency figures."""
 
-    kind: str = "none"
+    enabled = True
     backends: list[str] = field(default_factory=lambda: list(DEFAULT_BACKENDS))
     latency_runs: int = 20
     batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
@@ -35,8 +41,6 @@ class Export:
     threads: int = 2
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ConfigError(f"export.kind={self.kind}: allowed {', '.join(KINDS)}")
         if self.latency_runs < 0 or self.sequence < 1 or self.threads < 1 or not self.batch_sizes \
                 or min(self.batch_sizes) < 1:
             raise ConfigError(
@@ -49,14 +53,10 @@ class Export:
             raise ConfigError(f"export.backends=[{', '.join(map(str, self.backends))}]: {error}") from None
 
     @property
-    def enabled(self) -> bool:
-        return self.kind != "none"
-
-    @property
     def int8_backends(self) -> list[str]:
         """The listed backends that run the int8 model of the compacted one (the run's quant
         option must be able to make it: ``converts_compacted``)."""
-        return [cls.name for cls in self._classes if cls.needs_int8] if self.enabled else []
+        return [cls.name for cls in self._classes if cls.needs_int8]
 
     def run(self, run_dir: Path, int8=None, evaluate=None) -> dict:
         """``int8`` / ``evaluate``: as ``prunelab.export.export_run`` takes them (the run's quant

@@ -127,7 +127,7 @@ _GROUP_METHODS = {
     "task": ("load", "auto_model_class", "model_kwargs", "compute_metrics", "per_token_outputs"),
     "scheduler": ("engine_keys", "one_shot", "lr_rewinding"),
     "quant": ("prepare", "release"),
-    "export": ("run", "int8_backends"),
+    "export": ("enabled", "int8_backends"),
 }
 
 
@@ -183,8 +183,8 @@ _INERT_RULES = (
     (("do_prune", "scheduler", "scheduler.lr_rewinding"),
      lambda cfg: cfg.do_prune and bool(cfg.scheduler.get("lr_rewinding")), ("lr_scheduler_type", "num_warmup_steps"),
      "scheduler.lr_rewinding=true (linear decay restarted at every pruning update)", "drop it"),
-    (("export", "export.kind", "export.latency_runs"),
-     lambda cfg: cfg.export.kind != "none" and cfg.export.latency_runs == 0, EXPORT_LATENCY_KEYS,
+    (("export", "export.latency_runs"),
+     lambda cfg: _exports(cfg) and cfg.export.latency_runs == 0, EXPORT_LATENCY_KEYS,
      "export.latency_runs=0 (no latency measurement)", "drop it, or set export.latency_runs > 0"),
     (("save_model",), lambda cfg: not cfg.save_model, ("verify_loading",),
      "save_model=false (nothing is saved to reload)", "drop it, or set save_model=true"),
@@ -361,8 +361,8 @@ def _check_no_effect(cfg: DictConfig, given: dict) -> None:
         )
     if cfg.num_train_epochs == 0:
         _check_without_training(cfg, given, distilling)
-    if cfg.export.kind != "none" and not cfg.save_model:
-        raise ConfigError(f"export={cfg.export.kind}: works on the saved model; set save_model=true")
+    if _exports(cfg) and not cfg.save_model:
+        raise ConfigError("export: works on the saved model; set save_model=true, or export=none")
     int8_backends = build(cfg.export).int8_backends  # unknown backend names are refused here too
     if int8_backends and not get_object(cfg.quant._target_).converts_compacted:
         raise ConfigError(f"export.backends: {', '.join(int8_backends)} runs the int8 model of the compacted one, "
@@ -395,3 +395,8 @@ def _check_without_training(cfg: DictConfig, given: dict, distilling: bool) -> N
             raise ConfigError(f"{key}={given[key]}: has no effect with {why}")
     if cfg.gradient_accumulation_steps != 1:
         raise ConfigError(f"gradient_accumulation_steps={given['gradient_accumulation_steps']}: has no effect with {why}")
+
+
+def _exports(cfg) -> bool:
+    """Whether the export option does anything after saving (its class declares ``enabled``)."""
+    return bool(get_object(cfg.export._target_).enabled)

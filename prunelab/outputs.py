@@ -67,8 +67,10 @@ class RunSummary:
 
     The keys are a contract with ``prunelab.report``: status, error, task, task_family, model,
     model_name_or_path, do_prune, pattern, pruning_type, target_sparsity, seed, main_metric,
-    metrics, sparsity, quantization (null, or approach, metrics, size_bytes, float_size_bytes),
-    overrides, notes, wall_time_s, versions, output_dir.
+    greater_is_better (the task's: whether a larger main metric is better; null until the task is
+    built; a summary written before this key existed is read as true), metrics, sparsity,
+    quantization (null, or approach, metrics, size_bytes, float_size_bytes), overrides, notes,
+    wall_time_s, versions, output_dir.
     """
 
     def __init__(self, output_dir: Path, writes: bool = True, **fields):
@@ -87,6 +89,7 @@ class RunSummary:
             "target_sparsity": None,
             "seed": None,
             "main_metric": None,
+            "greater_is_better": None,
             "metrics": {},
             "sparsity": None,
             "quantization": None,

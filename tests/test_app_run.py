@@ -17,8 +17,8 @@ from prunelab.tasks.squad import SquadTask
 
 SUMMARY_KEYS = {
     "status", "error", "task", "task_family", "model", "model_name_or_path", "do_prune", "pattern",
-    "pruning_type", "target_sparsity", "seed", "main_metric", "metrics", "sparsity", "overrides",
-    "notes", "wall_time_s", "versions", "output_dir", "quantization",
+    "pruning_type", "target_sparsity", "seed", "main_metric", "greater_is_better", "metrics", "sparsity",
+    "overrides", "notes", "wall_time_s", "versions", "output_dir", "quantization",
 }
 REPO = Path(__file__).resolve().parents[1]
 

@@ -48,13 +48,14 @@ def test_slug_makes_file_names():
     assert slug("op_sparsity", "bert-mini", "2:4", 0.5, None) == "op_sparsity_bert-mini_2-4_0.5"
 
 
-def _group(do_prune: bool, pattern: str | None, target: float | None, metrics: list[float], tmp_path: Path) -> Group:
-    group = Group("tiny", "mrpc", "glue", "eval/accuracy", do_prune, pattern, target, ())
-    for seed, metric in enumerate(metrics):
+def _group(do_prune: bool, pattern: str | None, target: float | None, metrics: list[float], tmp_path: Path,
+           metric: str = "accuracy", greater_is_better: bool = True) -> Group:
+    group = Group("tiny", "mrpc", "glue", f"eval/{metric}", do_prune, pattern, target, (), greater_is_better)
+    for seed, value in enumerate(metrics):
         ops = _ops({f"bert.encoder.layer.{layer}.{op}": (target or 0.0) * (layer + 1) / 2
                     for layer in range(2) for op in ("attention.self.query", "output.dense")})
         summary = {"model": "tiny", "task": "mrpc", "pattern": pattern, "target_sparsity": target, "seed": seed,
-                   "main_metric": "eval/accuracy", "metrics": {"eval/accuracy": metric},
+                   "main_metric": f"eval/{metric}", "metrics": {f"eval/{metric}": value},
                    "sparsity": {"ops": ops if do_prune else {}, "unpruned_ops": [],
                                 "linear_conv_sparsity": (target or 0.0) * 0.9, "pruned_ops_sparsity": target or 0.0}}
         group.runs.append(Job(tmp_path / f"{pattern}-{target}-{seed}", [], COMPLETED, summary))
@@ -88,6 +89,14 @@ def test_metric_vs_sparsity_draws_a_line_per_pattern_through_the_seed_means(tmp_
     assert (ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) == (
         "tiny on mrpc", "measured sparsity of Linear/Conv weights", "accuracy")
     assert [text.get_text() for text in ax.get_legend().get_texts()] == list(lines)
+
+
+def test_a_lower_is_better_metric_is_labelled_so(tmp_path: Path):
+    dense = _group(False, None, None, [20.0, 22.0], tmp_path, "perplexity", greater_is_better=False)
+    sparse = _group(True, "4x1", 0.5, [30.0, 27.0], tmp_path, "perplexity", greater_is_better=False)
+    ax = metric_vs_sparsity_figure([Row(sparse, dense)]).axes[0]
+    assert ax.get_ylabel() == "perplexity (lower is better)"
+    assert [line.get_ydata()[0] for line in ax.get_lines()] == pytest.approx([28.5, 21.0])  # means, not a best
 
 
 def test_heat_map_shows_each_op_s_sparsity_in_its_layer_row(tmp_path: Path):

@@ -12,7 +12,7 @@ import yaml
 from prunelab.report import build_report
 from prunelab.report.__main__ import main
 from prunelab.report.grouping import override_values
-from prunelab.report.jobs import COMPLETED, FAILED, INVALID, MISSING, find_jobs
+from prunelab.report.jobs import COMPLETED, FAILED, INVALID, MISSING, ReportInputError, find_jobs
 from prunelab.report.sweep_plan import expected_jobs
 
 OPS = ("attention.self.query", "attention.self.key", "attention.self.value",
@@ -20,7 +20,8 @@ OPS = ("attention.self.query", "attention.self.key", "attention.self.value",
 
 
 def fake_summary(do_prune: bool, pattern: str | None, target: float | None, seed: int, metric: float,
-                 status: str = COMPLETED, error: str | None = None, task: str = "mrpc") -> dict:
+                 status: str = COMPLETED, error: str | None = None, task: str = "mrpc",
+                 main_metric: str = "accuracy", greater_is_better: bool = True) -> dict:
     """A summary.json in the app's schema for a 2-layer BERT; layer 1 is pruned harder than layer 0."""
     ratio = target or 0.0
     ops = {f"bert.encoder.layer.{layer}.{op}": {
@@ -30,8 +31,8 @@ def fake_summary(do_prune: bool, pattern: str | None, target: float | None, seed
         "status": status, "error": error, "task": task, "task_family": "glue", "model": "tiny",
         "model_name_or_path": "/models/tiny", "do_prune": do_prune, "pattern": pattern if do_prune else None,
         "pruning_type": "snip_momentum" if do_prune else None, "target_sparsity": target if do_prune else None,
-        "seed": seed, "main_metric": "eval/accuracy",
-        "metrics": {} if status != COMPLETED else {"eval/accuracy": metric, "eval/f1": metric + 0.05},
+        "seed": seed, "main_metric": f"eval/{main_metric}", "greater_is_better": greater_is_better,
+        "metrics": {} if status != COMPLETED else {f"eval/{main_metric}": metric, "eval/f1": metric + 0.05},
         "sparsity": {"ops": ops if do_prune else {}, "unpruned_ops": ["classifier"],
                      "pruned_ops_sparsity": ratio, "linear_conv_sparsity": ratio * 0.9 + seed / 1000,
                      "all_params_sparsity": ratio * 0.5, "target_sparsity": ratio, "groups": [], "step": 10},
@@ -121,7 +122,7 @@ def test_rows_pair_dense_and_sparse_with_seed_statistics(sweep: Path, tmp_path: 
     assert row_4x1.dense is row_2in4.dense
     dense = row_4x1.dense
     assert dense.seeds == [1, 2] and [job.path for job in dense.duplicates] == [sweep / "2"]
-    assert dense.mean == pytest.approx(0.81) and dense.max == pytest.approx(0.82)
+    assert dense.mean == pytest.approx(0.81) and dense.best == pytest.approx(0.82)
     assert row_4x1.sparse.seeds == [2] and [job.status for job in row_4x1.sparse.unfinished] == [FAILED]
     assert row_4x1.sparse.mean == pytest.approx(0.74)
     assert row_4x1.relative_drop_pct == pytest.approx(100 * (0.81 - 0.74) / 0.81)
@@ -132,7 +133,8 @@ def test_rows_pair_dense_and_sparse_with_seed_statistics(sweep: Path, tmp_path: 
 def test_markdown_has_reference_layout_and_lists_problems(sweep: Path, tmp_path: Path):
     text = build_report([sweep], tmp_path / "out", plots=False).markdown.read_text()
     assert ("| Model | Dataset | Sparsity pattern | Element-wise/matmul, Gemm, conv ratio | "
-            "Dense accuracy (mean / max) | Sparse accuracy (mean / max) | Relative drop |") in text
+            "Dense accuracy (mean / best) | Sparse accuracy (mean / best) | Relative drop |") in text
+    assert "## accuracy\n" in text and "lower is better" not in text.split("Metric cells")[0]
     assert ("| tiny | mrpc | 4x1 | 0.7220 (target 0.8) | 0.8100 / 0.8200 (n=2) | "
             "0.7400 / 0.7400 (n=1; 1 failed) | +8.64% |") in text
     assert ("| tiny | mrpc | 2:4 | 0.4510 (target 0.5) | 0.8100 / 0.8200 (n=2) | "
@@ -150,13 +152,13 @@ def test_csv_holds_the_numbers_of_the_summaries(sweep: Path, tmp_path: Path):
         rows = list(csv.DictReader(handle))
     assert [row["pattern"] for row in rows] == ["4x1", "2:4"]
     first = rows[0]
-    assert float(first["dense_mean"]) == pytest.approx(0.81) and float(first["dense_max"]) == pytest.approx(0.82)
+    assert float(first["dense_mean"]) == pytest.approx(0.81) and float(first["dense_best"]) == pytest.approx(0.82)
     assert first["dense_n"] == "2" and first["dense_seeds"] == "1 2"
     assert float(first["sparse_mean"]) == pytest.approx(0.74) and first["sparse_not_completed"] == "1 failed"
     assert float(first["pruned_ops_sparsity"]) == pytest.approx(0.8)
     assert float(first["linear_conv_sparsity"]) == pytest.approx(0.722)
     assert float(first["relative_drop_pct"]) == pytest.approx(100 * 0.07 / 0.81, abs=1e-4)
-    assert first["metric"] == "accuracy" and first["target_sparsity"] == "0.8"
+    assert (first["metric"], first["greater_is_better"], first["target_sparsity"]) == ("accuracy", "True", "0.8")
 
 
 def test_varying_override_splits_rows_and_pairs_with_matching_dense(tmp_path: Path):
@@ -196,10 +198,12 @@ def test_unreadable_and_incomplete_summaries_are_invalid(tmp_path: Path):
     incomplete = fake_summary(True, "4x1", 0.8, 2, 0.7)
     del incomplete["metrics"]["eval/accuracy"]
     write_job(tmp_path / "s" / "1", ["seed=2"], incomplete)
+    write_job(tmp_path / "s" / "2", ["seed=3"], {**fake_summary(True, "4x1", 0.8, 3, 0.7), "greater_is_better": "yes"})
     jobs = find_jobs([tmp_path / "s"])
-    assert [job.status for job in jobs] == [INVALID, INVALID]
+    assert [job.status for job in jobs] == [INVALID, INVALID, INVALID]
     assert "unreadable: JSONDecodeError" in jobs[0].error
     assert "metrics['eval/accuracy'] is None" in jobs[1].error
+    assert jobs[2].error == "summary.json greater_is_better is 'yes', not true or false"
 
 
 def test_jobs_that_died_early_join_their_row(tmp_path: Path):
@@ -248,7 +252,74 @@ def test_int8_metrics_sit_beside_the_float_ones(tmp_path: Path):
         write_job(sweep_dir / str(job), [f"do_prune={do_prune}", f"seed={seed}"], summary)
     report = build_report([sweep_dir], plots=False)
     text = report.markdown.read_text()
-    assert "| int8 accuracy (mean / max) |" in text
+    assert "| int8 accuracy (mean / best) |" in text
     assert "| 0.7450 / 0.7500 (n=2) |" in text
     rows = list(csv.DictReader(report.csv.open()))
-    assert (rows[0]["int8_mean"], rows[0]["int8_max"], rows[0]["int8_n"]) == ("0.745000", "0.750000", "2")
+    assert (rows[0]["int8_mean"], rows[0]["int8_best"], rows[0]["int8_n"]) == ("0.745000", "0.750000", "2")
+
+
+def _perplexity_sweep(sweep_dir: Path) -> None:
+    """task=clm as the app writes it: dense perplexities 20, 22; 4x1 at 0.8: 30, 27 (int8: 31, 28);
+    2:4 at 0.5: 19, 20 (better than dense)."""
+    runs = [(False, None, None, 1, 20.0, None), (False, None, None, 2, 22.0, None),
+            (True, "4x1", 0.8, 1, 30.0, 31.0), (True, "4x1", 0.8, 2, 27.0, 28.0),
+            (True, "2:4", 0.5, 1, 19.0, None), (True, "2:4", 0.5, 2, 20.0, None)]
+    for num, (do_prune, pattern, target, seed, metric, int8) in enumerate(runs):
+        summary = fake_summary(do_prune, pattern, target, seed, metric, task="clm", main_metric="perplexity",
+                               greater_is_better=False)
+        if int8 is not None:
+            summary["quantization"] = {"approach": "dynamic", "metrics": {"eval/perplexity": int8},
+                                       "size_bytes": 10, "float_size_bytes": 40}
+        write_job(sweep_dir / str(num), [f"do_prune={do_prune}", f"pattern={pattern}", f"seed={seed}"], summary)
+
+
+def test_lower_is_better_metric_takes_the_lowest_seed_as_best_and_a_rise_as_a_drop(tmp_path: Path):
+    _perplexity_sweep(tmp_path / "sweep")
+    report = build_report([tmp_path / "sweep"], plots=False)
+    row_4x1, row_2in4 = report.rows
+    assert (row_4x1.dense.mean, row_4x1.dense.best) == pytest.approx((21.0, 20.0))
+    assert (row_4x1.sparse.mean, row_4x1.sparse.best) == pytest.approx((28.5, 27.0))
+    assert row_4x1.relative_drop_pct == pytest.approx(100 * 7.5 / 21)  # worse than dense: positive
+    assert (row_2in4.sparse.mean, row_2in4.sparse.best) == pytest.approx((19.5, 19.0))
+    assert row_2in4.relative_drop_pct == pytest.approx(-100 * 1.5 / 21)  # better than dense: negative
+    text = report.markdown.read_text()
+    assert "## perplexity (lower is better)\n" in text
+    assert ("| Dense perplexity (mean / best) | Sparse perplexity (mean / best) | Relative drop | "
+            "int8 perplexity (mean / best) |") in text
+    assert ("| tiny | clm | 4x1 | 0.7215 (target 0.8) | 21.0000 / 20.0000 (n=2) | 28.5000 / 27.0000 (n=2) | "
+            "+35.71% | 29.5000 / 28.0000 (n=2) |") in text
+    assert "| 19.5000 / 19.0000 (n=2) | -7.14% | — |" in text
+    rows = list(csv.DictReader(report.csv.open()))
+    assert [(row["pattern"], row["greater_is_better"]) for row in rows] == [("4x1", "False"), ("2:4", "False")]
+    assert (rows[0]["dense_best"], rows[0]["sparse_best"], rows[0]["int8_best"]) == ("20.000000", "27.000000", "28.000000")
+    assert (rows[0]["relative_drop_pct"], rows[1]["relative_drop_pct"]) == ("35.7143", "-7.1429")
+
+
+def test_a_task_whose_summaries_disagree_on_greater_is_better_is_refused_in_one_line(tmp_path: Path, capsys):
+    _perplexity_sweep(tmp_path / "sweep")
+    old = json.loads((tmp_path / "sweep" / "3" / "summary.json").read_text())
+    del old["greater_is_better"]  # written before the key existed: read as true
+    (tmp_path / "sweep" / "3" / "summary.json").write_text(json.dumps(old))
+    with pytest.raises(ReportInputError, match="greater_is_better disagrees for task clm"):
+        build_report([tmp_path / "sweep"], plots=False)
+    assert main([str(tmp_path / "sweep"), "--no-plots"]) == 2
+    assert capsys.readouterr().err == (
+        "python -m prunelab.report: error: summary.json greater_is_better disagrees for task clm (eval/perplexity): "
+        f"false in {tmp_path / 'sweep' / '0'}, true in {tmp_path / 'sweep' / '3'} "
+        "(a summary without the key reads as true)\n")
+
+
+def test_relative_drop_is_positive_when_worse_also_below_zero(tmp_path: Path):
+    # A Matthews correlation can be negative: -0.3 against a dense -0.2 is worse, by half.
+    write_job(tmp_path / "s" / "0", ["do_prune=false"], fake_summary(False, None, None, 1, -0.2, task="cola"))
+    write_job(tmp_path / "s" / "1", ["do_prune=true"], fake_summary(True, "4x1", 0.8, 1, -0.3, task="cola"))
+    (row,) = build_report([tmp_path / "s"], plots=False).rows
+    assert row.relative_drop_pct == pytest.approx(50.0)
+
+
+def test_a_task_none_of_whose_runs_completed_still_says_lower_is_better(tmp_path: Path):
+    failed = fake_summary(True, "4x1", 0.8, 1, 0.0, status=FAILED, error="RuntimeError: boom", task="clm",
+                          main_metric="perplexity", greater_is_better=False)
+    write_job(tmp_path / "s" / "0", ["seed=1"], failed)
+    text = build_report([tmp_path / "s"], plots=False).markdown.read_text()
+    assert "## perplexity (lower is better)\n" in text and "| no completed run (1 failed) |" in text

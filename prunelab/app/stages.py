@@ -177,7 +177,8 @@ def setup_task(state: RunState) -> None:
         max_eval_samples=cfg.max_eval_samples,
         seed=cfg.seed,
     )
-    state.summary.update(task=state.task.name, task_family=state.task.family, main_metric=f"eval/{state.task.main_metric}")
+    state.summary.update(task=state.task.name, task_family=state.task.family,
+                         main_metric=f"eval/{state.task.main_metric}", greater_is_better=state.task.greater_is_better)
     _check_input_fits(state.task, state.source)  # before tokenizing, which takes minutes on SQuAD
 
 

@@ -3,16 +3,22 @@
 A row is one (model, task, pattern, target sparsity) cell of the grid, averaged over seeds. Any
 other override that varies inside such a cell (a learning rate, a pruning type, a second model
 checkpoint) becomes an extra grouping column instead of being averaged away.
+
+Which way a metric improves is the task's declaration, read from each summary's
+``greater_is_better`` (never from a task's name): it picks the best seed and signs the relative
+drop. Completed runs of one task and main metric that disagree (summaries written before the key
+existed read as true) make the report refuse, as their numbers would be ranked both ways.
 """
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from prunelab.report.jobs import COMPLETED, INVALID, Job
+from prunelab.report.jobs import COMPLETED, INVALID, Job, ReportInputError
 
 # Override keys (last dotted component) that the summary's own fields already describe
 AXIS_KEYS = frozenset({"model", "task", "pattern", "target_sparsity", "do_prune", "seed"})
@@ -33,6 +39,7 @@ class Group:
     pattern: str | None
     target_sparsity: float | None
     extras: tuple[tuple[str, str | None], ...]
+    greater_is_better: bool = True
     runs: list[Job] = field(default_factory=list)
     unfinished: list[Job] = field(default_factory=list)
     duplicates: list[Job] = field(default_factory=list)
@@ -57,8 +64,12 @@ class Group:
         return float(self._metrics().mean()) if self.runs else math.nan
 
     @property
-    def max(self) -> float:
-        return float(self._metrics().max()) if self.runs else math.nan
+    def best(self) -> float:
+        """The best seed's metric: the largest, or the smallest where lower is better."""
+        return self.best_of(self._metrics().tolist()) if self.runs else math.nan
+
+    def best_of(self, values: list[float]) -> float:
+        return float(max(values) if self.greater_is_better else min(values))
 
     @property
     def int8(self) -> list[float]:
@@ -85,12 +96,18 @@ class Row:
 
     @property
     def relative_drop_pct(self) -> float:
-        """(dense mean - sparse mean) / dense mean in percent: positive when pruning lost accuracy."""
+        """How much worse the sparse mean is than the dense mean, in percent of the dense mean's
+        size: (dense - sparse) where higher is better, (sparse - dense) where lower is better
+        (perplexity). Positive always means the sparse model is worse, also for a negative dense
+        mean (a Matthews correlation)."""
         if self.sparse is None or self.dense is None or not self.sparse.runs or not self.dense.runs:
             return math.nan
         if self.dense.mean == 0.0:
             return math.nan
-        return 100.0 * (self.dense.mean - self.sparse.mean) / self.dense.mean
+        worse_by = self.dense.mean - self.sparse.mean
+        if not self.sparse.greater_is_better:
+            worse_by = -worse_by
+        return 100.0 * worse_by / abs(self.dense.mean)
 
 
 def override_values(overrides: list[str]) -> dict[str, str]:
@@ -121,6 +138,29 @@ def _task_metrics(jobs: list[Job]) -> dict[str, str]:
     return {job.summary["task"]: job.summary["main_metric"] for job in jobs if job.summary.get("main_metric")}
 
 
+def _directions(jobs: list[Job]) -> dict[tuple[str, str], bool]:
+    """greater_is_better per (task, main metric), from the completed runs (the ones whose numbers
+    are ranked; a task none of whose runs completed takes what its other runs declared, for the
+    headings). Raises ReportInputError naming two completed runs' summaries that disagree."""
+    first: dict[tuple[str, str], Job] = {}
+    for job in jobs:
+        if job.status != COMPLETED:
+            continue
+        key = (job.summary["task"], job.summary["main_metric"])
+        seen = first.setdefault(key, job)
+        if seen.greater_is_better != job.greater_is_better:
+            raise ReportInputError(
+                f"summary.json greater_is_better disagrees for task {key[0]} ({key[1]}): "
+                f"{json.dumps(seen.greater_is_better)} in {seen.path}, {json.dumps(job.greater_is_better)} in "
+                f"{job.path} (a summary without the key reads as true)")
+    directions = {key: job.greater_is_better for key, job in first.items()}
+    for job in jobs:
+        declared = job.summary.get("greater_is_better")
+        if isinstance(declared, bool):
+            directions.setdefault((job.summary["task"], job.summary["main_metric"]), declared)
+    return directions
+
+
 def extra_keys(jobs: list[Job]) -> list[str]:
     """Override keys that take more than one value inside a single grid cell (seeds aside)."""
     task_metrics = _task_metrics(jobs)
@@ -141,17 +181,21 @@ def placeable(job: Job) -> bool:
 
 
 def group_jobs(jobs: list[Job]) -> tuple[list[Group], list[str]]:
-    """Groups in first-seen order and the extra keys that split them."""
+    """Groups in first-seen order and the extra keys that split them.
+
+    Raises ReportInputError when completed runs of one task disagree on greater_is_better."""
     placed = [job for job in jobs if placeable(job)]
     extras = extra_keys(placed)
     task_metrics = _task_metrics(placed)
+    directions = _directions(placed)
     groups: dict[tuple, Group] = {}
     for job in placed:
         values = override_values(job.overrides)
         extra = tuple((key, values.get(key)) for key in extras)
         model, task, main_metric, do_prune, pattern, target = _axes(job.summary, task_metrics)
         group = groups.setdefault((model, task, main_metric, do_prune, pattern, target, extra), Group(
-            model, task, job.summary.get("task_family"), main_metric, do_prune, pattern, target, extra))
+            model, task, job.summary.get("task_family"), main_metric, do_prune, pattern, target, extra,
+            directions.get((task, main_metric), True)))
         if job.status != COMPLETED:
             group.unfinished.append(job)
         elif job.summary["seed"] in group.seeds:

@@ -47,6 +47,13 @@ class Job:
         return float(self.summary["metrics"][self.summary["main_metric"]])
 
     @property
+    def greater_is_better(self) -> bool | None:
+        """Whether a larger main metric is better (the task's declaration; null in a run that
+        failed before its task was built); a summary written before summary.json carried the key
+        is read as true, as every task then was."""
+        return self.summary.get("greater_is_better", True)
+
+    @property
     def int8_metric(self) -> float | None:
         """The main metric of the run's int8 model (``quant=...``), or None."""
         quantized = self.summary.get("quantization") if self.status == COMPLETED else None
@@ -80,6 +87,8 @@ def _check_summary(summary: dict) -> str | None:
     missing = [key for key in REQUIRED_SUMMARY_KEYS if summary.get(key) is None]
     if missing:
         return f"summary.json lacks {', '.join(missing)}"
+    if not isinstance(summary.get("greater_is_better", True), bool):
+        return f"summary.json greater_is_better is {summary['greater_is_better']!r}, not true or false"
     value = summary["metrics"].get(summary["main_metric"])
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return f"summary.json metrics[{summary['main_metric']!r}] is {value!r}, not a number"

@@ -99,7 +99,9 @@ def plot_metric_vs_sparsity(rows: list[Row], path: Path) -> Path:
 
 def metric_vs_sparsity_figure(rows: list[Row]) -> Figure:
     """Main metric against measured sparsity for the rows of one model and task: a line per
-    pattern through the seed means (seeds as dots), the dense mean as a horizontal line."""
+    pattern through the seed means (seeds as dots), the dense mean as a horizontal line. The y
+    axis runs as the values do; its label says so where lower is better (a perplexity rising
+    with sparsity would otherwise read as a gain)."""
     first = rows[0].main
     fig, ax = _figure(6.4, 4.4)
     sparse = [row.sparse for row in rows if row.sparse and row.sparse.runs]
@@ -117,7 +119,7 @@ def metric_vs_sparsity_figure(rows: list[Row]) -> Figure:
     extras = ", ".join(f"{key}={value}" for key, value in first.extras)
     ax.set_title(f"{first.model} on {first.task}" + (f" ({extras})" if extras else ""))
     ax.set_xlabel("measured sparsity of Linear/Conv weights")
-    ax.set_ylabel(first.metric_name)
+    ax.set_ylabel(first.metric_name + ("" if first.greater_is_better else " (lower is better)"))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -107,7 +107,7 @@ def _run(tmp_path: Path, text_files, *overrides: str) -> tuple[dict, Path]:
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["main_metric"] == "eval/perplexity"
-    assert summary["task_family"] == "language_modeling"
+    assert summary["task_family"] == "language_modeling" and summary["greater_is_better"] is False
     assert math.isfinite(summary["metrics"]["eval/perplexity"]) and summary["metrics"]["eval/perplexity"] > 1
     return summary, out
 
@@ -155,13 +155,15 @@ def test_cli_wanda_prunes_before_fine_tuning(tmp_path, text_files, option):
 
 
 def test_cli_compacts_gqa_heads_of_a_decoder(tmp_path, text_files):
-    """pattern=head on tiny-llama: a unit is one key/value head with the 2 query heads sharing it;
-    half of them cut out, and the compacted model scores the same perplexity."""
-    summary, out = _run(tmp_path, text_files, "model=tiny-llama", "pattern=head", "target_sparsity=0.5",
-                        "export=compact", "export.latency_runs=0", "export.backends=[torch]")
+    """pattern=head on tiny-llama with KD and dynamic int8: a unit is one key/value head with the 2
+    query heads sharing it; half of them cut out, the compacted model scores the same perplexity
+    in torch, and ONNX Runtime gives its logits."""
+    summary, out = _run(tmp_path, text_files, "model=tiny-llama", "pattern=head", "target_sparsity=0.5", "distill=kd",
+                        "quant=dynamic", "export=compact", "export.latency_runs=0", "export.backends=[torch,onnxruntime]")
     export = json.loads((out / "export" / "export.json").read_text())
     assert export["structure_removed"] and (export["removed"]["heads"], export["removed"]["heads_total"]) == (2, 4)
     assert export["metrics"]["compacted"]["eval/perplexity"] == pytest.approx(summary["metrics"]["eval/perplexity"], rel=1e-5)
+    assert math.isfinite(summary["quantization"]["metrics"]["eval/perplexity"])
 
 
 @pytest.mark.slow

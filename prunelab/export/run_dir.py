@@ -140,7 +140,7 @@ def _export(source, out, backends: list[Backend], settings: Settings, runs, batc
         "speedup_claimed": bool(removed and latency and compared and all(
             row[key] < 1.0 for name, row in latency.items() if name.startswith("batch_") for key in compared
         )),
-        "note": _note(compaction),
+        "note": _note(compaction, dense.config),
         "parameters": {
             "before": compaction.parameters_before,
             "after": count_parameters(compacted),
@@ -159,8 +159,11 @@ def _export(source, out, backends: list[Backend], settings: Settings, runs, batc
     }
 
 
-def _note(compaction) -> str:
+def _note(compaction, config) -> str:
     removed = compaction.removed
+    # With grouped-query attention a head unit is one key/value head and the query heads sharing it.
+    grouped = getattr(config, "num_key_value_heads", None) not in (None, getattr(config, "num_attention_heads", None))
+    heads = "key/value head groups" if grouped else "attention heads"
     if not compaction.structure_removed:
         return (
             "nothing removable: no whole attention head or FFN neuron is zero, so the compacted model has the "
@@ -168,7 +171,7 @@ def _note(compaction) -> str:
             "Runtime alike: no speedup is claimed; latency ratios only show measurement noise and runtime differences."
         )
     return (
-        f"removed {removed['heads']} of {removed['heads_total']} attention heads and {removed['neurons']} of "
+        f"removed {removed['heads']} of {removed['heads_total']} {heads} and {removed['neurons']} of "
         f"{removed['neurons_total']} FFN neurons; the remaining zeros (if any) stay in the weights"
     )
 

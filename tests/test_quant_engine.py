@@ -10,6 +10,7 @@ from torch import nn
 from transformers import BertConfig, BertForSequenceClassification
 
 import prunelab
+from prunelab.errors import ConfigError
 from prunelab.quant import FakeQuantEmbedding, FakeQuantLinear, prepare_qat, quantize, strip_qat
 from prunelab.quant.grid import fake_quantize_weight, weight_codes
 
@@ -442,3 +443,33 @@ def test_num_calibration_samples_cuts_the_calibration_data():
     assert [b["input_ids"].shape[0] for b in taken] == [8, 8, 4]
     assert all("labels" not in b for b in taken)
     assert [b["input_ids"].shape[0] for b in take_samples(batches(2, size=8), None)] == [8, 8]
+
+
+def _tiny_gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2, use_cache=False)).eval()
+
+
+def test_gpt2_conv1d_layers_become_int8_like_linears():
+    model = _tiny_gpt2()
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    quantized = quantize(model, "dynamic", example_batch=batch)
+    conv1d = [name for name, module in model.named_modules() if type(module).__name__ == "Conv1D"]
+    # The graph names a layer by its traced path, here with a "model." prefix for GPT-2.
+    stored = {name.removeprefix("model."): codes for name, codes in quantized.int8_weights().items()}
+    assert len(conv1d) == 8 and set(conv1d) <= set(stored)
+    # the int8 codes of each layer are those of its [out, in] weight, the transpose of Conv1D's
+    codes = weight_codes(model.transformer.h[0].mlp.c_fc.weight.detach().t())
+    assert torch.equal(torch.as_tensor(stored["transformer.h.0.mlp.c_fc"]), codes)
+    with torch.no_grad():
+        reference = model(**batch).logits
+    error = (quantized(**batch).logits - reference).abs().max() / reference.abs().max()
+    assert 0 < error < RELATIVE_TOLERANCE["dynamic"]
+
+
+def test_qat_refuses_gpt2_conv1d_layers_in_one_line():
+    with pytest.raises(ConfigError, match=r"approach='qat': the model's 8 Conv1D layers \(transformer.h.0.attn.c_attn"):
+        prepare_qat(_tiny_gpt2())

@@ -20,7 +20,13 @@ from prunelab.errors import ConfigError
 from prunelab.quant import backend
 from prunelab.quant.config import TARGET_KEYS
 from prunelab.quant.modules import freeze_int8
-from prunelab.quant.qat import attach_fake_quant, attach_fake_quant_embeddings, fake_quant_embeddings, fake_quant_modules
+from prunelab.quant.qat import (
+    attach_fake_quant,
+    attach_fake_quant_embeddings,
+    conv1d_as_linear,
+    fake_quant_embeddings,
+    fake_quant_modules,
+)
 
 
 def model_inputs(batch: Mapping, key: str = "batch") -> dict[str, torch.Tensor]:
@@ -56,7 +62,9 @@ def take_samples(batches: Iterable[Mapping], limit: int | None) -> list[dict[str
 
 
 def _cpu_copy(model: nn.Module) -> nn.Module:
-    return copy.deepcopy(model).cpu().eval()
+    work = copy.deepcopy(model).cpu().eval()
+    conv1d_as_linear(work)
+    return work
 
 
 def _tables(work: nn.Module, embeddings: bool) -> list[str]:

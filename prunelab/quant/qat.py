@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 from prunelab.errors import ConfigError
@@ -42,6 +43,29 @@ def select_linears(
         and any(p.search(name) for p in include)
         and not any(p.search(name) for p in exclude)
     ]
+
+
+def conv1d_layers(model: nn.Module) -> list[str]:
+    """Names of GPT-2-style ``Conv1D`` layers (a Linear stored ``[in, out]``), recognised by class
+    name so this package never imports transformers."""
+    return [name for name, module in model.named_modules()
+            if any(cls.__name__ == "Conv1D" for cls in type(module).__mro__)
+            and isinstance(getattr(module, "weight", None), torch.Tensor) and module.weight.dim() == 2]
+
+
+def conv1d_as_linear(model: nn.Module) -> None:
+    """Replace every ``Conv1D`` by the ``nn.Linear`` that computes the same (weight transposed), in
+    place: on the CPU copy made for conversion, so GPT-2's layers become int8 like any Linear."""
+    for name in conv1d_layers(model):
+        conv = model.get_submodule(name)
+        rows, cols = conv.weight.shape[1], conv.weight.shape[0]
+        linear = nn.Linear(cols, rows, bias=conv.bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(conv.weight.t())
+            if conv.bias is not None:
+                linear.bias.copy_(conv.bias)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, linear)
 
 
 def require_linears(
@@ -116,6 +140,12 @@ def prepare_qat(
     """
     if not 0.0 < ema_momentum <= 1.0:
         raise ConfigError(f"ema_momentum={ema_momentum!r}: must be in (0, 1]")
+    conv1d = conv1d_layers(model)
+    if conv1d:  # fake quantization swaps nn.Linear classes; a Conv1D would train in float32 unseen
+        raise ConfigError(
+            f"approach='qat': the model's {len(conv1d)} Conv1D layers ({conv1d[0]}, ...; GPT-2's) cannot train with "
+            "fake quantization; use approach='dynamic' or 'static', which make them int8 after training"
+        )
     check_flag("embeddings", embeddings)
     attach_fake_quant(
         model,

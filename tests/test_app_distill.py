@@ -1,7 +1,8 @@
 """Knowledge distillation: each option's loss by hand (kd, hidden_mse, layerwise, simkd), precomputed teacher
 targets equal to online ones under any batch order and padding (sentence-level GLUE logits, per-token
 SQuAD logits, pooled features), replacing vs adding to the task loss in the loop, the classifier
-without weight decay, and a short run through the training loop with each option."""
+without weight decay, a short run through the training loop with each option, and simkd's projector
+trained by the trainer's optimizer (its LR schedule, joint gradient clipping)."""
 import math
 from types import SimpleNamespace
 
@@ -302,18 +303,19 @@ def test_classifier_without_weight_decay(make_config):
         _weight_decay_by_parameter(make_config, weight_decay=0.1, no_decay_modules=("(",))
 
 
-def _tiny_run(make_config, build_distiller, **train):
-    """Two epochs of 5 optimizer steps on 40 tiny SST-2 sentences; records each micro-batch's task
-    loss and distillation term as the loop computed them."""
+def _tiny_run(make_config, build_distiller, *observers, **train):
+    """One epoch of 5 optimizer steps on 40 tiny SST-2 sentences; records each micro-batch's task
+    loss and distillation term as the loop computed them. ``observers``: more callbacks, after the
+    distiller. Returns the model, distiller, records, final evaluation, data and trainer."""
     cfg = make_config("task=sst2")
     task = build(cfg.task, data_root=cfg.data_root, max_length=32, max_train_samples=40, max_eval_samples=16, seed=0)
     data = task.load(character_tokenizer())
     torch.manual_seed(0)
     model = TinyBert().load_model(task.auto_model_class(), **task.model_kwargs())
     distiller = build_distiller(task, model)
-    settings = dict(learning_rate=1e-3, num_train_epochs=1, per_device_train_batch_size=8, per_device_eval_batch_size=8,
-                    progress_bar=False, **train)
-    trainer = Trainer(model, task, data, TrainConfig(**settings), Accelerator(cpu=True))
+    settings = {**dict(learning_rate=1e-3, num_train_epochs=1, per_device_train_batch_size=8,
+                       per_device_eval_batch_size=8, progress_bar=False), **train}
+    trainer = Trainer(model, task, data, TrainConfig(**settings), Accelerator(cpu=True), callbacks=[distiller])
     records = []
     original = distiller.extra_loss
 
@@ -323,8 +325,8 @@ def _tiny_run(make_config, build_distiller, **train):
         return value
 
     distiller.extra_loss = recording
-    final = trainer.fit(callbacks=[distiller])
-    return model, distiller, records, final, data
+    final = trainer.fit(callbacks=[distiller, *observers])
+    return model, distiller, records, final, data, trainer
 
 
 def _accuracy_by_hand(model, data) -> float:
@@ -347,7 +349,7 @@ def _accuracy_by_hand(model, data) -> float:
     ],
 )
 def test_each_option_trains_through_the_loop(make_config, name, make, replaced):
-    model, distiller, records, final, data = _tiny_run(make_config, make)
+    model, distiller, records, final, data, _ = _tiny_run(make_config, make)
     assert len(records) == 5
     # The loop's loss is the distillation term alone when it replaces the task loss, else the sum.
     expected = [extra if replaced else task + extra for task, extra in records]
@@ -357,14 +359,14 @@ def test_each_option_trains_through_the_loop(make_config, name, make, replaced):
 
 
 def test_simkd_run_leaves_a_stock_model_predicting_with_the_reused_classifier(make_config, tmp_path):
-    model, distiller, _, final, _ = _tiny_run(make_config, lambda task, m: ReusedClassifierKnowledgeDistiller(task, m),
-                                           adam_betas=(0.9, 0.9))
+    model, distiller, _, final, _, trainer = _tiny_run(
+        make_config, lambda task, m: ReusedClassifierKnowledgeDistiller(task, m), adam_betas=(0.9, 0.9))
     projector = distiller.projector
     assert not torch.equal(projector.weight, torch.eye(projector.weight.shape[0]))  # P was trained
     torch.testing.assert_close(model.classifier.weight, distiller.teacher.classifier.weight @ projector.weight)
     torch.testing.assert_close(model.classifier.bias,
                                distiller.teacher.classifier.weight @ projector.bias + distiller.teacher.classifier.bias)
-    assert distiller.optimizer.param_groups[0]["betas"] == (0.9, 0.9)
+    assert _projector_group(trainer, distiller)["betas"] == (0.9, 0.9)
     model.save_pretrained(tmp_path / "model")
     reloaded = type(model).from_pretrained(tmp_path / "model")
     assert set(reloaded.state_dict()) == set(model.state_dict())
@@ -372,13 +374,14 @@ def test_simkd_run_leaves_a_stock_model_predicting_with_the_reused_classifier(ma
     fresh = ReusedClassifierKnowledgeDistiller(distiller.task, reloaded)
     fresh.load_state_dict(state)
     assert torch.equal(fresh.projector.weight, projector.weight)
-    # The projector's optimizer state waits for the next fit; saved again meanwhile, it is the same.
+    # The distiller's own state is P's weights alone: P's AdamW state is the trainer's optimizer's.
+    assert list(state) == ["projector"]
     torch.testing.assert_close(fresh.state_dict(), state)
 
 
 def test_hidden_mse_run_leaves_the_task_head_as_the_teacher_s(make_config):
-    model, distiller, _, _, _ = _tiny_run(make_config, lambda task, m: HiddenStateKnowledgeDistiller(task, m),
-                                       weight_decay=0.1, no_decay_modules=("classifier",))
+    model, distiller, _, _, _, _ = _tiny_run(make_config, lambda task, m: HiddenStateKnowledgeDistiller(task, m),
+                                          weight_decay=0.1, no_decay_modules=("classifier",))
     assert torch.equal(model.classifier.weight, distiller.teacher.classifier.weight)
     assert torch.equal(model.bert.pooler.dense.weight, distiller.teacher.bert.pooler.dense.weight)
     assert not torch.equal(model.bert.encoder.layer[1].output.dense.weight,
@@ -403,3 +406,69 @@ def test_simkd_projects_a_narrower_student_onto_a_wider_teacher(make_config, tmp
     # Hidden states of different widths cannot be compared by MSE.
     with pytest.raises(ConfigError, match=r"^distill=hidden_mse: the student's hidden size 64 differs from the teacher's 96"):
         HiddenStateKnowledgeDistiller(task, student, teacher=str(tmp_path / "wide"))
+
+
+def _projector_group(trainer, distiller) -> dict:
+    """The trainer's optimizer group holding the projector's parameters (by identity)."""
+    projector = {id(p) for p in distiller.projector.parameters()}
+    groups = [g for g in trainer.optimizer.param_groups if {id(p) for p in g["params"]} & projector]
+    assert len(groups) == 1 and {id(p) for p in groups[0]["params"]} == projector
+    return groups[0]
+
+
+class _Recorder:
+    """A callback that records, after clipping and before each optimizer step, the gradient norms of
+    the model and of the projector, and the learning rate of each optimizer group."""
+
+    def __init__(self):
+        self.trainer, self.steps = None, []
+
+    def on_fit_start(self, trainer):
+        self.trainer = trainer
+
+    def on_before_optimizer_step(self):
+        def norm(parameters):
+            norms = [p.grad.norm() for p in parameters if p.grad is not None]
+            return torch.linalg.vector_norm(torch.stack(norms)).item()
+
+        trainer = self.trainer
+        self.steps.append({"model": norm(trainer.model.parameters()), "projector": norm(trainer.callback_parameters),
+                           "lr": [g["lr"] for g in trainer.optimizer.param_groups]})
+
+
+def _simkd(task, model):
+    return ReusedClassifierKnowledgeDistiller(task, model)
+
+
+def test_simkd_projector_trains_in_the_trainer_s_optimizer_under_its_lr_schedule(make_config):
+    recorder = _Recorder()
+    _, distiller, _, _, _, trainer = _tiny_run(make_config, _simkd, recorder)
+    group = _projector_group(trainer, distiller)
+    assert group["name"] == "distill.projector" and group["weight_decay"] == 0.0
+    # Every group follows the linear schedule: 1e-3 * (1 - step / 5) at steps 0..4.
+    assert [step["lr"] for step in recorder.steps] == [[pytest.approx(1e-3 * (1 - k / 5))] * 3 for k in range(5)]
+    assert not torch.equal(distiller.projector.weight, torch.eye(64))
+    # At learning rate 0 the schedule gives 0 to every group: P (and so the head) does not move.
+    _, frozen, _, _, _, _ = _tiny_run(make_config, _simkd, learning_rate=0.0)
+    assert torch.equal(frozen.projector.weight, torch.eye(64)) and torch.equal(frozen.projector.bias, torch.zeros(64))
+    assert torch.equal(frozen.head.weight, frozen.teacher_head.weight)
+
+
+def test_max_grad_norm_clips_model_and_projector_together(make_config):
+    recorder = _Recorder()
+    _tiny_run(make_config, _simkd, recorder, max_grad_norm=0.01)
+    for step in recorder.steps:
+        joint = math.hypot(step["model"], step["projector"])
+        # One norm over both, clipped to 0.01: the model's share alone is below it.
+        assert joint == pytest.approx(0.01, rel=1e-4)
+        assert step["projector"] > 1e-4 and step["model"] < 0.01 * (1 - 1e-4)
+
+
+def test_a_callback_with_parameters_must_be_given_to_the_trainer(make_config):
+    task, data, model = _setup(make_config, "task=mrpc")
+    distiller = ReusedClassifierKnowledgeDistiller(task, model)
+    settings = TrainConfig(learning_rate=1e-3, num_train_epochs=1, per_device_train_batch_size=8,
+                           per_device_eval_batch_size=8, progress_bar=False)
+    trainer = Trainer(model, task, data, settings, Accelerator(cpu=True))
+    with pytest.raises(ValueError, match=r"^callbacks \['ReusedClassifierKnowledgeDistiller'\] declare parameter_groups"):
+        trainer.fit(callbacks=[distiller])

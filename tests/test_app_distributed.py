@@ -1,5 +1,6 @@
 """Data parallel for real: ``torchrun --nproc_per_node 2`` on CPU (gloo) shards the data, keeps one
-set of masks, evaluates on predictions gathered from both processes and writes every output once."""
+set of masks, evaluates on predictions gathered from both processes and writes every output once;
+simkd's projector, a callback's parameter outside the DDP-wrapped model, ends the same on both."""
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from transformers import AutoModelForSequenceClassification
 
 from prunelab.app.config import build
@@ -87,3 +89,57 @@ def test_submitit_tasks_of_one_job_train_as_one_data_parallel_run(tiny_data_root
     lines = [json.loads(line) for line in (tmp_path / "0" / "metrics.jsonl").read_text().splitlines()]
     assert [(line["epoch"], line["step"]) for line in lines] == [(0, 6)]  # 96 / (8 x 2 tasks)
     assert json.loads((tmp_path / "0" / "summary.json").read_text())["status"] == "completed"
+
+
+# One epoch of simkd on 96 SST-2 sentences without dropout, the student moved off its teacher: the
+# global batch is argv[3] sentences per process times the processes; each process saves its projector.
+SIMKD_SCRIPT = """
+import sys
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from omegaconf import OmegaConf
+
+from prunelab.app.config import build
+from prunelab.models import TinyBert, character_tokenizer
+from prunelab.train.feature_distillation import ReusedClassifierKnowledgeDistiller
+from prunelab.train.loop import Trainer, TrainConfig
+
+out, data_root, batch = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+task = build(OmegaConf.load(out / "task.yaml"), data_root=data_root, max_length=32, max_train_samples=96,
+             max_eval_samples=16, seed=0)
+data = task.load(character_tokenizer())
+torch.manual_seed(0)
+model = TinyBert().load_model(task.auto_model_class(), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                              **task.model_kwargs())
+distiller = ReusedClassifierKnowledgeDistiller(task, model)
+torch.manual_seed(1)
+with torch.no_grad():  # away from its teacher (a copy), so that the loss and P's gradients are not zero
+    for parameter in model.bert.parameters():
+        parameter.add_(0.2 * torch.randn_like(parameter))
+accelerator = Accelerator(cpu=True)
+settings = TrainConfig(learning_rate=1e-2, num_train_epochs=1, per_device_train_batch_size=batch,
+                       per_device_eval_batch_size=8, progress_bar=False)
+Trainer(model, task, data, settings, accelerator, callbacks=[distiller]).fit(callbacks=[distiller])
+torch.save(distiller.projector.state_dict(),
+           out / f"projector-{accelerator.num_processes}-{accelerator.process_index}.pt")
+"""
+
+
+def test_simkd_projector_is_averaged_across_processes(tiny_data_root, make_config, tmp_path):
+    """Two processes of 8 sentences per step end with bit-identical projectors, equal (to float
+    rounding) to one process of 16: the projector's gradients are averaged as the model's are."""
+    (tmp_path / "task.yaml").write_text(OmegaConf.to_yaml(make_config("task=sst2").task))
+    script = tmp_path / "simkd.py"
+    script.write_text(SIMKD_SCRIPT)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    for launcher, batch in (([TORCHRUN, "--nproc_per_node", "2"], "8"), ([sys.executable], "16")):
+        result = subprocess.run([*launcher, str(script), str(tmp_path), str(tiny_data_root), batch], cwd=REPO,
+                                env=env, capture_output=True, text=True, timeout=400)
+        assert result.returncode == 0, result.stderr[-3000:]
+    first, second, alone = (torch.load(tmp_path / f"projector-{name}.pt") for name in ("2-0", "2-1", "1-0"))
+    assert not torch.equal(first["weight"], torch.eye(64))  # trained
+    for name in ("weight", "bias"):
+        assert torch.equal(first[name], second[name]), name
+        torch.testing.assert_close(first[name], alone[name], rtol=0, atol=1e-4)

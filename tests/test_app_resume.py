@@ -1,5 +1,6 @@
 """Checkpoints and exact resume: a real run killed (SIGKILL, SIGTERM) and resumed from its
-checkpoint ends bit-identical to an uninterrupted run: weights, masks, metrics."""
+checkpoint ends bit-identical to an uninterrupted run: weights, masks, metrics; with distill=simkd
+too, whose projector trains in the trainer's optimizer (a checkpoint from before is refused)."""
 import json
 import os
 import signal
@@ -22,11 +23,16 @@ RUN = [
 ]
 
 
+# The same run distilled with simkd: its projector (folded into the saved classifier) and the
+# projector's AdamW state must resume exactly too.
+SIMKD = "distill=simkd"
+
+
 def _start(run_dir: Path, data_root: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    run = RUN
+    run = [arg for arg in RUN if not (SIMKD in extra and arg.startswith("distill="))]
     if "checkpointing_steps=null" in extra:  # no checkpoints: keeping some would be an inert key (refused)
-        run = [arg for arg in RUN if not arg.startswith(("checkpointing_steps=", "checkpoints_to_keep="))]
+        run = [arg for arg in run if not arg.startswith(("checkpointing_steps=", "checkpoints_to_keep="))]
     args = [sys.executable, "-m", "prunelab", *run, f"data_root={data_root}", f"hydra.run.dir={run_dir}", *extra]
     return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -170,3 +176,32 @@ def test_submitit_preemption_checkpoints_requeues_and_resumes_identically(uninte
     assert summary["notes"][0].startswith(f"resumed from {job / 'checkpoints'}")  # the requeued attempt
     _assert_identical(_outputs(job), uninterrupted)
 
+
+
+def test_simkd_kill_then_resume_is_bit_identical_and_an_older_checkpoint_is_refused(tiny_data_root, tmp_path):
+    expected_dir = tmp_path / "uninterrupted"
+    result = _finish(_start(expected_dir, tiny_data_root, SIMKD))
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "killed"
+    process = _start(run_dir, tiny_data_root, SIMKD)
+    _kill_after_first_checkpoint(process, run_dir, signal.SIGKILL)
+    process.wait(timeout=60)
+    checkpoint = run_dir / "checkpoints" / "step-00000005"
+    state_file = checkpoint / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["parameter_groups"] == ["distill.projector"]
+
+    # As written before the projector joined the trainer's optimizer: no callback groups recorded.
+    state_file.write_text(json.dumps({k: v for k, v in state.items() if k != "parameter_groups"}))
+    refused = _finish(_start(run_dir, tiny_data_root, SIMKD, f"resume_from_checkpoint={checkpoint}"))
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"prunelab: error: resume_from_checkpoint={checkpoint}: its optimizer trained the callback parameter "
+        "groups [], this run's trains ['distill.projector'] (a distill=simkd checkpoint written before its "
+        "projector joined the trainer's optimizer cannot be resumed); start the run again"
+    )
+
+    state_file.write_text(json.dumps(state))
+    result = _finish(_start(run_dir, tiny_data_root, SIMKD, f"resume_from_checkpoint={checkpoint}"))
+    assert result.returncode == 0, result.stderr
+    _assert_identical(_outputs(run_dir), _outputs(expected_dir))

@@ -204,7 +204,8 @@ def setup_training(state: RunState) -> None:
     distiller = build(cfg.distill)(task=task, student=state.model)
     state.quantization = build(cfg.quant)
     state.quantization.prepare(state.model)
-    state.trainer = Trainer(state.model, task, state.data, _train_config(cfg), state.accelerator)
+    # The distiller's parameters (simkd's projector), if any, train in the trainer's optimizer.
+    state.trainer = Trainer(state.model, task, state.data, _train_config(cfg), state.accelerator, callbacks=[distiller])
     examples_per_step = cfg.per_device_train_batch_size * state.accelerator.num_processes
     config = engine_config(cfg, state.trainer.steps_per_epoch, examples_per_step)
     # Parsed once, here; every use below reads this parse.

@@ -3,9 +3,10 @@
 A checkpoint is accelerate's ``save_state`` (model, optimizer, RNG states of every process, and
 every registered object with ``state_dict``: the LR schedule, the pruning engine) plus
 ``trainer_state.json``: where in the data the loop stands (epoch, micro-batches of that epoch
-already consumed) and the train losses of the epoch so far. It is written into ``step-<N>.tmp/``
-and renamed once whole, so a crash never leaves a checkpoint that looks complete; only the newest
-``keep`` are kept.
+already consumed), the train losses of the epoch so far and the names of the callbacks' parameter
+groups in the optimizer (so that a resume whose optimizer differs is refused before loading). It
+is written into ``step-<N>.tmp/`` and renamed once whole, so a crash never leaves a checkpoint that
+looks complete; only the newest ``keep`` are kept.
 """
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
 STATE_FORMAT = "prunelab.trainer/1"
+PARAMETER_GROUPS = "parameter_groups"
 _NAME = re.compile(r"^step-(\d+)$")
 
 
@@ -47,8 +50,9 @@ class CheckpointPolicy:
             return epoch_end
         return isinstance(self.every, int) and step > 0 and step % self.every == 0
 
-    def save(self, accelerator, position: LoopPosition) -> Path:
-        """``accelerator.save_state`` on every process, then the main one publishes it."""
+    def save(self, accelerator, position: LoopPosition, parameter_groups: Sequence[str] = ()) -> Path:
+        """``accelerator.save_state`` on every process, then the main one publishes it.
+        parameter_groups: names of the callbacks' parameter groups in the saved optimizer."""
         final = self.directory / f"step-{position.step:08d}"
         tmp = final.with_name(final.name + ".tmp")
         if accelerator.is_main_process:
@@ -59,9 +63,8 @@ class CheckpointPolicy:
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            (tmp / TRAINER_STATE).write_text(
-                json.dumps({"format": STATE_FORMAT, **asdict(position)}) + "\n", encoding="utf-8"
-            )
+            state = {"format": STATE_FORMAT, **asdict(position), PARAMETER_GROUPS: list(parameter_groups)}
+            (tmp / TRAINER_STATE).write_text(json.dumps(state) + "\n", encoding="utf-8")
             os.replace(tmp, final)
             for old in list_checkpoints(self.directory)[: -self.keep]:
                 shutil.rmtree(old)
@@ -79,6 +82,18 @@ def list_checkpoints(directory: Path) -> list[Path]:
 
 def read_position(checkpoint: Path) -> LoopPosition:
     """The loop position stored in a checkpoint; ``ValueError`` when it is not one of ours."""
+    state = _read_state(checkpoint)
+    state.pop(PARAMETER_GROUPS, None)
+    return LoopPosition(**state)
+
+
+def read_parameter_groups(checkpoint: Path) -> list[str]:
+    """Names of the callbacks' parameter groups the checkpoint's optimizer holds; none in a
+    checkpoint written before callbacks could add parameters to the trainer's optimizer."""
+    return _read_state(checkpoint).get(PARAMETER_GROUPS, [])
+
+
+def _read_state(checkpoint: Path) -> dict:
     path = checkpoint / TRAINER_STATE
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
@@ -86,4 +101,4 @@ def read_position(checkpoint: Path) -> LoopPosition:
         raise ValueError(f"{checkpoint}: not a prunelab checkpoint (no readable {TRAINER_STATE})") from error
     if state.pop("format", None) != STATE_FORMAT:
         raise ValueError(f"{path}: not a prunelab trainer state (expected format {STATE_FORMAT})")
-    return LoopPosition(**state)
+    return state

@@ -10,10 +10,10 @@ what makes it a form of SimKD.
 Classifier"): a projector P maps the student's classifier input f_s to the teacher's, trained with
 loss_weight * MSE(P(f_s), f_t), and the student predicts with the teacher's classifier on P(f_s).
 P is affine, so teacher_classifier(P(f)) = (W_t A) f + (W_t b + c) is itself a Linear of the
-student's classifier shape: the student's classifier holds that product at all times (frozen for
-the model's optimizer; the distiller trains P with its own AdamW at the trainer's learning rate and
-refolds after each step). Evaluation and the saved model are therefore SimKD's predictions in a
-stock Hugging Face model. (SimKD's paper uses a small non-linear projector for CNNs; an affine one is
+student's classifier shape: the student's classifier holds that product at all times (frozen; P
+is trained by the trainer's optimizer, declared by the distiller's ``parameter_groups()``, and the
+head is refolded after each step). Evaluation and the saved model are therefore SimKD's
+predictions in a stock Hugging Face model. (SimKD's paper uses a small non-linear projector for CNNs; an affine one is
 what can be folded into a stock head.)
 
 Both compute MSE as ``torch.nn.MSELoss`` does (mean over every element), on per-token states
@@ -108,8 +108,10 @@ class ReusedClassifierKnowledgeDistiller(TeacherDistiller):
     replace_task_loss: true (SimKD) trains on this term alone; false adds the task loss, whose
     gradient reaches the student's features through the reused head (not P). precompute: only for
     per-example features (GLUE); per-token ones (a task with ``per_token_outputs``: SQuAD) do not
-    fit in memory. P trains with AdamW at the trainer's learning rate and betas, no weight decay, no
-    gradient clipping; its state is saved in checkpoints.
+    fit in memory. P is trained by the trainer's optimizer (``parameter_groups()``): its learning-rate
+    schedule, betas, gradient clipping and accumulation, gradients averaged across processes, no
+    weight decay; P's weights are saved in checkpoints by ``state_dict``, its AdamW state with the
+    trainer's optimizer.
     """
 
     def __init__(
@@ -143,18 +145,10 @@ class ReusedClassifierKnowledgeDistiller(TeacherDistiller):
         self.features: dict[str, torch.Tensor] = {}
         self.head.register_forward_pre_hook(self._keep("student"))
         self.teacher_head.register_forward_pre_hook(self._keep("teacher"))
-        self.trainer = None
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.pending_optimizer_state: dict | None = None
 
-    def on_fit_start(self, trainer) -> None:
-        self.trainer = trainer
-        super().on_fit_start(trainer)
-        self.optimizer = torch.optim.AdamW(self.projector.parameters(), lr=trainer.config.learning_rate,
-                                           betas=tuple(trainer.config.adam_betas), weight_decay=0.0)
-        if self.pending_optimizer_state is not None:
-            self.optimizer.load_state_dict(self.pending_optimizer_state)
-            self.pending_optimizer_state = None
+    def parameter_groups(self) -> list[dict]:
+        """Training-loop declaration: the trainer's optimizer trains P, without weight decay."""
+        return [{"name": "distill.projector", "params": list(self.projector.parameters()), "weight_decay": 0.0}]
 
     def prepare(self, accelerator, ordered_loader) -> None:
         self.projector.to(accelerator.device)
@@ -168,25 +162,9 @@ class ReusedClassifierKnowledgeDistiller(TeacherDistiller):
         (teacher,) = self._targets(batch, example_index, (projected,))
         return self.loss_weight * F.mse_loss(projected.float(), teacher.float())
 
-    def on_before_optimizer_step(self) -> None:
-        """Training-loop hook: step the projector (gradients averaged across processes and
-        unscaled under fp16, as the trainer's are) at the trainer's current rate; refold the head."""
-        parameters = list(self.projector.parameters())
-        if self.optimizer is None or any(p.grad is None for p in parameters):
-            return
-        if self.accelerator.num_processes > 1:
-            for p in parameters:
-                p.grad = self.accelerator.reduce(p.grad, reduction="mean")
-        scaler = getattr(self.accelerator, "scaler", None)
-        if scaler is not None and scaler.is_enabled():
-            for p in parameters:
-                p.grad.div_(scaler.get_scale())
-        if all(torch.isfinite(p.grad).all() for p in parameters):  # fp16 overflow: skip, as the trainer does
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.trainer.optimizer.param_groups[0]["lr"]
-            self.optimizer.step()
-            self.fold()
-        self.optimizer.zero_grad()
+    def on_after_optimizer_step(self) -> None:
+        """Training-loop hook: the trainer's optimizer has moved P; the head follows."""
+        self.fold()
 
     def fold(self) -> None:
         """The student's head := teacher head o projector: W = W_t A, b = W_t b_P + c_t."""
@@ -197,15 +175,11 @@ class ReusedClassifierKnowledgeDistiller(TeacherDistiller):
             self.head.bias.copy_(weight @ self.projector.bias.float() + bias)
 
     def state_dict(self) -> dict:
-        optimizer = self.optimizer.state_dict() if self.optimizer is not None else self.pending_optimizer_state
-        return {"projector": self.projector.state_dict(), "optimizer": optimizer}
+        """P's weights (its AdamW state is in the trainer's optimizer)."""
+        return {"projector": self.projector.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.projector.load_state_dict(state["projector"])
-        if self.optimizer is not None and state["optimizer"] is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
-        else:
-            self.pending_optimizer_state = state["optimizer"]
         self.fold()
 
     def _teacher_targets(self, batch: dict) -> tuple[torch.Tensor, ...]:

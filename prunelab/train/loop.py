@@ -11,7 +11,16 @@ the distiller, INC's ``compression_manager.callbacks`` ...). Each may implement 
 - ``extra_loss(outputs, batch, example_index) -> Tensor``: a term added to the task loss;
   ``replaces_task_loss = True``: the loss is the sum of the ``extra_loss`` terms alone;
   ``forward_kwargs``: keywords the model's training forward gets (``output_hidden_states``);
-- ``state_dict()`` / ``load_state_dict()``: saved in checkpoints and restored on resume.
+- ``state_dict()`` / ``load_state_dict()``: saved in checkpoints and restored on resume;
+- ``parameter_groups() -> list[dict]``: parameters the trainer's optimizer trains besides the
+  model's (SimKD's projector), each group ``{"name", "params", "weight_decay" (default 0)}``. Such a
+  callback is given to ``Trainer(callbacks=...)`` as well as to ``fit``: the optimizer is built
+  with them, so the LR schedule, ``max_grad_norm`` (one norm over model and callback parameters),
+  gradient accumulation and checkpoints (their AdamW state) apply to them as to the model's. DDP
+  averages the gradients of the wrapped model only; the trainer averages the callbacks' across
+  processes itself, once per optimizer step, before clipping. Every process must give them a
+  gradient on the same steps (as DDP requires of the model's parameters). The callback keeps its
+  parameters' values in its own ``state_dict``.
 """
 from __future__ import annotations
 
@@ -33,7 +42,7 @@ from transformers import get_scheduler
 from prunelab.errors import ConfigError, RunInterrupted
 from prunelab.tasks.base import Task, TaskData
 from prunelab.train.batching import EXAMPLE_INDEX, EpochShuffle, IndexedCollator, IndexedDataset
-from prunelab.train.checkpointing import CheckpointPolicy, LoopPosition, read_position
+from prunelab.train.checkpointing import CheckpointPolicy, LoopPosition, read_parameter_groups, read_position
 from prunelab.train.evaluation import predict
 from prunelab.train.interrupts import StopOnSignal
 
@@ -69,10 +78,16 @@ class Evaluation:
     logits: tuple[np.ndarray, ...]
 
 
-class Trainer:
-    """Owns the data loaders, optimizer and LR schedule for one model; ``fit`` trains it."""
+# Keys of a callback's parameter group: no lr or betas of its own, so the trainer's schedule applies.
+GROUP_KEYS = ("name", "params", "weight_decay")
 
-    def __init__(self, model: torch.nn.Module, task: Task, data: TaskData, config: TrainConfig, accelerator):
+
+class Trainer:
+    """Owns the data loaders, optimizer and LR schedule for one model; ``fit`` trains it.
+    callbacks: those whose ``parameter_groups()`` the optimizer trains too (module docstring)."""
+
+    def __init__(self, model: torch.nn.Module, task: Task, data: TaskData, config: TrainConfig, accelerator,
+                 callbacks: Sequence = ()):
         self.task = task
         self.data = data
         self.config = config
@@ -89,8 +104,11 @@ class Trainer:
             generator=torch.Generator().manual_seed(config.seed),
         )
         eval_loader = DataLoader(data.eval, batch_size=config.per_device_eval_batch_size, collate_fn=data.collator)
+        self.parameter_owners = [c for c in callbacks if c is not None and hasattr(c, "parameter_groups")]
+        self.callback_groups = _callback_parameter_groups(self.parameter_owners, accelerator.device)
+        self.callback_parameters = [p for group in self.callback_groups for p in group["params"]]
         optimizer = torch.optim.AdamW(
-            _parameter_groups(model, config.weight_decay, config.no_decay_modules),
+            [*_parameter_groups(model, config.weight_decay, config.no_decay_modules), *self.callback_groups],
             lr=config.learning_rate, betas=tuple(config.adam_betas),
         )
         self.model, self.optimizer, self.train_loader, self.eval_loader = accelerator.prepare(
@@ -133,12 +151,18 @@ class Trainer:
         (wanda, sparsegpt: calibration passes), unless resuming; the callbacks count them as steps.
         """
         callbacks = [c for c in callbacks if c is not None]
+        undeclared = [type(c).__name__ for c in callbacks
+                      if hasattr(c, "parameter_groups") and not any(c is owner for owner in self.parameter_owners)]
+        if undeclared:
+            raise ValueError(f"callbacks {undeclared} declare parameter_groups(): give them to Trainer(callbacks=...), "
+                             "whose optimizer trains those parameters")
         if self.config.num_train_epochs == 0:
             return self._without_training(callbacks, gradient_steps, on_evaluate)
         if checkpoints is not None or resume_from is not None:
             self._register_for_checkpointing(callbacks)
         position = LoopPosition()
         if resume_from is not None:
+            self._check_parameter_groups(resume_from)
             self.accelerator.load_state(str(resume_from))
             position = read_position(resume_from)
         _call(callbacks, "on_fit_start", self)
@@ -165,7 +189,8 @@ class Trainer:
                 if on_evaluate is not None:
                     on_evaluate(evaluation)
                 if checkpoints is not None and checkpoints.due(position.step, epoch_end=True):
-                    checkpoints.save(self.accelerator, LoopPosition(step=position.step, epoch=epoch + 1))
+                    checkpoints.save(self.accelerator, LoopPosition(step=position.step, epoch=epoch + 1),
+                                     self._group_names())
         progress.close()
         if evaluation is None:  # resumed from a checkpoint written after the last epoch
             evaluation = self.evaluate(last_epoch, position.step, float("nan"))
@@ -218,8 +243,8 @@ class Trainer:
     def evaluate(self, epoch: int, step: int, train_loss: float) -> Evaluation:
         logits, eval_loss = predict(self.model, self.eval_loader, self.task, self.accelerator)
         metrics = {f"eval/{k}": v for k, v in self.task.compute_metrics(logits, self.data).items()}
-        if eval_loss is not None:
-            metrics["eval/loss"] = eval_loss
+        if eval_loss is not None:  # a task's own eval loss (clm: token-weighted) is kept
+            metrics.setdefault("eval/loss", eval_loss)
         metrics["train/loss"] = train_loss
         return Evaluation(epoch=epoch, step=step, metrics=metrics, logits=logits)
 
@@ -255,21 +280,23 @@ class Trainer:
             progress.set_postfix(self._progress_fields(np.mean(losses[-accumulation:]), callbacks))
             here = LoopPosition(step=step, epoch=position.epoch, micro=micro + 1, epoch_losses=losses)
             if stop is not None and checkpoints is not None and self._stop_requested(stop):
-                saved = checkpoints.save(self.accelerator, here)
+                saved = checkpoints.save(self.accelerator, here, self._group_names())
                 raise RunInterrupted(
                     stop.signum,
                     f"{signal.Signals(stop.signum).name} received: stopped at step {step} of {self.total_steps} "
                     f"after writing checkpoint {saved}",
                 )
             if checkpoints is not None and micro + 1 < batches and checkpoints.due(step, epoch_end=False):
-                checkpoints.save(self.accelerator, here)
+                checkpoints.save(self.accelerator, here, self._group_names())
         return LoopPosition(step=step, epoch=position.epoch, micro=batches, epoch_losses=losses)
 
     def _optimizer_step(self, callbacks) -> None:
+        self._average_callback_gradients()
         # Pruning criteria read gradients: give them the true (unscaled) values under fp16
         # (clipping unscales them itself, and unscaling twice is an error).
-        if self.config.max_grad_norm:
-            self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        if self.config.max_grad_norm:  # one norm over the model's and the callbacks' parameters
+            self.accelerator.clip_grad_norm_([*self.model.parameters(), *self.callback_parameters],
+                                             self.config.max_grad_norm)
         else:
             self.accelerator.unscale_gradients()
         _call(callbacks, "on_before_optimizer_step")
@@ -277,6 +304,30 @@ class Trainer:
         _call(callbacks, "on_after_optimizer_step")
         self.lr_scheduler.step()
         self.optimizer.zero_grad()
+
+    def _average_callback_gradients(self) -> None:
+        """DDP averages the gradients of the model it wraps, not those of the callbacks' parameters
+        (outside it): they are averaged here, in one collective, after the step's last micro-batch
+        (scaled under fp16, as DDP averages them; the optimizer's unscaling covers every group)."""
+        grads = [p.grad for p in self.callback_parameters if p.grad is not None]
+        if self.accelerator.num_processes == 1 or not grads:
+            return
+        mean = self.accelerator.reduce(torch.cat([g.flatten() for g in grads]), reduction="mean")
+        for grad, part in zip(grads, mean.split([g.numel() for g in grads])):
+            grad.copy_(part.view_as(grad))
+
+    def _group_names(self) -> list[str]:
+        return [group["name"] for group in self.callback_groups]
+
+    def _check_parameter_groups(self, checkpoint: Path) -> None:
+        """The checkpoint's optimizer state must hold the same callback groups as this optimizer."""
+        saved = read_parameter_groups(checkpoint)
+        if saved != self._group_names():
+            raise ConfigError(
+                f"resume_from_checkpoint={checkpoint}: its optimizer trained the callback parameter groups {saved}, "
+                f"this run's trains {self._group_names()} (a distill=simkd checkpoint written before its projector "
+                "joined the trainer's optimizer cannot be resumed); start the run again"
+            )
 
     def _register_for_checkpointing(self, callbacks) -> None:
         if self._registered:
@@ -336,6 +387,23 @@ def no_decay_patterns(model: torch.nn.Module, no_decay_modules: Sequence[str]) -
         if not any(patterns[-1].search(name) for name, _ in model.named_modules()):
             raise ConfigError(f"no_decay_modules={list(no_decay_modules)}: {pattern!r} matches no module of the model")
     return patterns
+
+
+def _callback_parameter_groups(callbacks, device: torch.device) -> list[dict]:
+    """The callbacks' ``parameter_groups()``, without weight decay unless a group gives it; their
+    parameters are moved to ``device`` now, in place as ``Module.to`` does (the callback's modules
+    hold the moved tensors), so that a resume loads their optimizer state onto that device."""
+    groups = []
+    for callback in callbacks:
+        for group in callback.parameter_groups():
+            if "name" not in group or "params" not in group or not set(group) <= set(GROUP_KEYS):
+                raise ValueError(f"{type(callback).__name__}.parameter_groups(): a group has keys {sorted(group)}; "
+                                 f"give name and params, optionally weight_decay (allowed: {list(GROUP_KEYS)})")
+            params = list(group["params"])
+            for p in params:
+                p.data = p.data.to(device)
+            groups.append({"weight_decay": 0.0, **group, "params": params})
+    return groups
 
 
 def _parameter_groups(model: torch.nn.Module, weight_decay: float, no_decay_modules: Sequence[str] = ()) -> list[dict]:

@@ -86,6 +86,15 @@ def test_file_errors_name_the_key(tmp_path):
         CausalLMTask(hub_dataset="x", block_size=1)
 
 
+def test_files_are_read_from_data_root_when_it_is_set(tmp_path):
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "t.txt").write_text("abcdefghijklmnop\n")
+    (tmp_path / "text" / "v.txt").write_text("qrstuvwxyzabcdef\n")
+    data = CausalLMTask(train_file="text/t.txt", validation_file="text/v.txt", block_size=8,
+                        data_root=str(tmp_path)).load(byte_tokenizer())
+    assert len(data.train) == len(data.eval) == 2 and str(tmp_path / "text" / "t.txt") in data.notes[0]
+
+
 def test_hub_text_offline_is_one_line_naming_the_files_to_give(tmp_path):
     line = one_line(run_cli("task=clm", "model=tiny-llama", "progress_bar=false", f"hydra.run.dir={tmp_path / 'run'}"))
     assert line.startswith("prunelab: error: task.hub_dataset=Salesforce/wikitext: cannot load "

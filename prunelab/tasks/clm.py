@@ -21,11 +21,11 @@ class CausalLMTask(Task):
     Text comes from the hub (``hub_dataset`` / ``hub_config``, its train and validation splits) or,
     when ``train_file`` and ``validation_file`` are given, from local ``.txt`` (one document per
     line) or ``.jsonl`` (``text_field`` of one object per line) files; relative paths are taken
-    from the directory the command was started in. Documents are joined with the tokenizer's EOS
+    from ``data_root`` when it is set, else from the directory the command was started in. Documents are joined with the tokenizer's EOS
     between them and cut into blocks of ``block_size`` tokens (null: the run-level
     ``max_length``), the tail dropped. ``max_train_samples`` / ``max_eval_samples``: the first
-    that many blocks. ``data_root`` and ``seed`` come with the run-time keywords every task takes
-    and are not read: the files are named directly and blocks are taken in order.
+    that many blocks. ``seed`` comes with the run-time keywords every task takes and is not read:
+    blocks are taken in order.
 
     Metrics: ``loss``, the mean negative log-likelihood over every predicted token of the eval
     set (each block predicts its tokens after the first), and ``perplexity = exp(loss)`` (lower
@@ -61,9 +61,11 @@ class CausalLMTask(Task):
         self.hub_dataset = hub_dataset
         self.hub_config = hub_config
         self.text_field = text_field
+        # As task=ner reads its files: relative to data_root when it is set.
+        root = Path(data_root or ".")
         self.files = None if train_file is None else {
-            "task.train_file": Path(to_absolute_path(str(train_file))),
-            "task.validation_file": Path(to_absolute_path(str(validation_file))),
+            "task.train_file": Path(to_absolute_path(str(root / train_file))),
+            "task.validation_file": Path(to_absolute_path(str(root / validation_file))),
         }
         self.block_size = int(block_size if block_size is not None else max_length)
         self.length_key = "task.block_size" if block_size is not None else "max_length"

@@ -47,7 +47,7 @@ def _compose_error(*overrides: str) -> Exception:
     (["hydra.job.chdri=true"], "hydra.job.chdri=true: no such key in Hydra config (did you mean hydra.job.chdir?"),
     (["seed=[1"], "seed=[1: bad override syntax: no viable alternative at input '[1' (see https://hydra.cc/"),
     (["target_sparsity"], "target_sparsity: bad override syntax: expected key=value (see https://hydra.cc/"),
-    (["task=sst3"], "task=sst3: no such option in group 'task'; available: cola, mnli, mrpc, "),
+    (["task=sst3"], "task=sst3: no such option in group 'task'; available: clm, cola, mnli, "),
     (["hydra/launcher=nope"], "hydra/launcher=nope: no such option in group 'hydra/launcher'; available: basic, "),
 ])
 def test_hydra_errors_become_one_line_naming_the_override(overrides, line):

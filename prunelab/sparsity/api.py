@@ -59,6 +59,8 @@ class Pruning:
         self.groups: list[PruningGroup] = []
         owner: dict[str, int] = {}
         weights: dict[int, str] = {}
+        # A decoder's lm_head tied to its input embeddings: pruning it would zero embedding rows.
+        embeddings = {id(m.weight): name for name, m in model.named_modules() if isinstance(m, nn.Embedding)}
         for index, group_config in enumerate(config.groups):
             matched = select_ops(
                 model, group_config.op_names, group_config.excluded_op_names, group_config.pruning_op_types
@@ -85,6 +87,11 @@ class Pruning:
                         f"ops {weights[id(module.weight)]!r} and {name!r} share one weight tensor; exclude one of them"
                     )
                 weights[id(module.weight)] = name
+                if id(module.weight) in embeddings:
+                    raise ValueError(
+                        f"op '{name}' shares its weight with the embedding '{embeddings[id(module.weight)]}' (tied): "
+                        "pruning it would zero rows of the embedding too; add it to excluded_op_names"
+                    )
             if not group.ops and group_config.target_sparsity > 0 and isinstance(group, CoupledGroup):
                 raise ValueError(group.fits_none_message(matched))
             if group.unfit and not group.ops and group_config.target_sparsity > 0:

@@ -85,17 +85,11 @@ def select_ops(
     kinds = {kind for op_type in op_types for kind in OP_TYPE_ALIASES.get(op_type, (op_type,))}
     include = [re.compile(p) for p in op_names] or [re.compile("")]
     exclude = [re.compile(p) for p in excluded_op_names]
-    embeddings = {id(m.weight): name for name, m in model.named_modules() if isinstance(m, nn.Embedding)}
     chosen = []
     for name, module in model.named_modules():
         kind = op_kind(module)
         if kind not in kinds:
             continue
         if any(p.search(name) for p in include) and not any(p.search(name) for p in exclude):
-            if id(module.weight) in embeddings:  # a decoder's lm_head tied to its input embeddings
-                raise ValueError(
-                    f"op '{name}' shares its weight with the embedding '{embeddings[id(module.weight)]}' (tied): "
-                    f"pruning it would zero rows of the embedding too; add it to excluded_op_names"
-                )
             chosen.append((name, module, kind))
     return chosen

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import to_absolute_path
 from torch.nn import functional as F
 from transformers import AutoModelForCausalLM, default_data_collator
 
@@ -61,11 +60,12 @@ class CausalLMTask(Task):
         self.hub_dataset = hub_dataset
         self.hub_config = hub_config
         self.text_field = text_field
-        # As task=ner reads its files: relative to data_root when it is set.
+        # As task=ner reads its files: relative to data_root when it is set, else to the working
+        # directory (the app never changes it).
         root = Path(data_root or ".")
         self.files = None if train_file is None else {
-            "task.train_file": Path(to_absolute_path(str(root / train_file))),
-            "task.validation_file": Path(to_absolute_path(str(root / validation_file))),
+            "task.train_file": (root / train_file).resolve(),
+            "task.validation_file": (root / validation_file).resolve(),
         }
         self.block_size = int(block_size if block_size is not None else max_length)
         self.length_key = "task.block_size" if block_size is not None else "max_length"

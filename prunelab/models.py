@@ -100,7 +100,33 @@ class PretrainedModel:
 
 
 @dataclass
-class TinyBert:
+class _RandomModel:
+    """What the random models built from a config share: their size keys, a tokenizer built in
+    memory (``_built_tokenizer``) unless ``tokenizer`` names a local or hub one, and the position
+    table as the longest input."""
+
+    name: str
+    hidden_size: int = 64
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    intermediate_size: int = 256
+    max_position_embeddings: int = 512
+    tokenizer: str | None = None
+
+    def load_tokenizer(self):
+        if self.tokenizer:
+            return PretrainedModel(self.name, self.tokenizer).load_tokenizer()
+        return self._built_tokenizer()
+
+    def max_input_tokens(self) -> int:
+        return self.max_position_embeddings
+
+    def _built_tokenizer(self):
+        raise NotImplementedError
+
+
+@dataclass
+class TinyBert(_RandomModel):
     """A small randomly initialised BERT for tests and offline demos.
 
     The tokenizer is a character-level WordPiece (lower-case letters, digits, punctuation, each also
@@ -109,16 +135,9 @@ class TinyBert:
     """
 
     name: str = "tiny"
-    hidden_size: int = 64
-    num_hidden_layers: int = 2
     num_attention_heads: int = 2
-    intermediate_size: int = 256
-    max_position_embeddings: int = 512
-    tokenizer: str | None = None
 
-    def load_tokenizer(self):
-        if self.tokenizer:
-            return PretrainedModel(self.name, self.tokenizer).load_tokenizer()
+    def _built_tokenizer(self):
         return character_tokenizer()
 
     def load_model(self, auto_class: type, **model_kwargs):
@@ -133,16 +152,13 @@ class TinyBert:
         )
         return auto_class.from_config(config)
 
-    def max_input_tokens(self) -> int:
-        return self.max_position_embeddings
-
     @property
     def source(self) -> str:
         return f"tiny BERT from config (hidden {self.hidden_size}, {self.num_hidden_layers} layers)"
 
 
 @dataclass
-class TinyDecoder:
+class TinyDecoder(_RandomModel):
     """A small randomly initialised decoder (causal LM) for tests and offline demos; one subclass
     per architecture gives its config (``_config``).
 
@@ -152,17 +168,7 @@ class TinyDecoder:
     tied, as in GPT-2, Llama's small models and SmolLM2.
     """
 
-    name: str
-    hidden_size: int = 64
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    intermediate_size: int = 256
-    max_position_embeddings: int = 512
-    tokenizer: str | None = None
-
-    def load_tokenizer(self):
-        if self.tokenizer:
-            return PretrainedModel(self.name, self.tokenizer).load_tokenizer()
+    def _built_tokenizer(self):
         return byte_tokenizer()
 
     def load_model(self, auto_class: type, **model_kwargs):
@@ -170,9 +176,6 @@ class TinyDecoder:
         ids = {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
                "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
         return auto_class.from_config(self._config(**ids, tie_word_embeddings=True, **model_kwargs))
-
-    def max_input_tokens(self) -> int:
-        return self.max_position_embeddings
 
     @property
     def source(self) -> str:

@@ -10,6 +10,7 @@ import subprocess
 import os
 import random
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -183,3 +184,14 @@ def make_config(tiny_data_root):
             return compose("config", overrides=[*base, *overrides])
 
     return make
+
+
+class FixedLogits(torch.nn.Module):
+    """A teacher whose logits are given, whatever the batch (distillation tests)."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, **batch):
+        return SimpleNamespace(logits=self.logits)

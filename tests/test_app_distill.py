@@ -20,6 +20,8 @@ from prunelab.train.distillation import KnowledgeDistiller
 from prunelab.train.feature_distillation import HiddenStateKnowledgeDistiller, ReusedClassifierKnowledgeDistiller
 from prunelab.train.loop import Trainer, TrainConfig
 
+from conftest import FixedLogits
+
 
 def _setup(make_config, *overrides):
     cfg = make_config(*overrides)
@@ -62,23 +64,12 @@ def test_kd_loss_is_weighted_kl_at_temperature(make_config):
     assert loss.item() > 1e-3
 
 
-class _FixedLogits(torch.nn.Module):
-    """A teacher whose logits are given, whatever the batch."""
-
-    def __init__(self, logits):
-        super().__init__()
-        self.logits = logits
-
-    def forward(self, **batch):
-        return SimpleNamespace(logits=self.logits)
-
-
 def test_kd_loss_on_fixed_logits_is_the_hand_computed_kl(make_config):
     task, data, student = _setup(make_config, "task=mrpc")
     distiller = KnowledgeDistiller(task, student, temperature=2.0, loss_weight=3.0)
     # At T=2 the first teacher row is softmax([0, ln 3]) = [1/4, 3/4]; the student says [1/2, 1/2]
     # on both rows; the second row agrees with the teacher (KL 0).
-    distiller.teacher = _FixedLogits(torch.tensor([[0.0, 2 * math.log(3)], [0.0, 0.0]]))
+    distiller.teacher = FixedLogits(torch.tensor([[0.0, 2 * math.log(3)], [0.0, 0.0]]))
     distiller.prepare(Accelerator(cpu=True), _ordered(data))
     loss = distiller.extra_loss(SimpleNamespace(logits=torch.zeros(2, 2)), {}, torch.tensor([0, 1]))
     kl_first_row = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)  # KL(teacher || student)

@@ -21,7 +21,7 @@ from prunelab.tasks.ner_metric import TagScheme, entities, ner_scores
 from prunelab.train.distillation import KnowledgeDistiller
 from prunelab.train.evaluation import predict
 
-from conftest import run_cli
+from conftest import FixedLogits, run_cli
 
 NAMES = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
 SCHEME = TagScheme.from_names(NAMES)
@@ -246,15 +246,6 @@ def test_evaluation_keeps_predicted_and_gold_tags_across_padded_batches(tmp_path
 
 # --- distillation --------------------------------------------------------------------------------
 
-class _FixedLogits(torch.nn.Module):
-    def __init__(self, logits):
-        super().__init__()
-        self.logits = logits
-
-    def forward(self, **batch):
-        return SimpleNamespace(logits=self.logits)
-
-
 def test_kd_is_the_mean_kl_over_real_tokens_times_t_squared(tmp_path):
     write_conll(tmp_path / "dev.txt", 8, 4)
     task = NerTask(NAMES, train_file="dev.txt", validation_file="dev.txt", data_root=str(tmp_path))
@@ -274,7 +265,7 @@ def test_kd_is_the_mean_kl_over_real_tokens_times_t_squared(tmp_path):
     teacher = torch.tensor([[[0.0, ln3], [0.0, 0.0], [50.0, -50.0]], [[ln3, 0.0], [50.0, -50.0], [-50.0, 50.0]]])
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
     distiller = KnowledgeDistiller(task, student, temperature=2.0, loss_weight=3.0)
-    distiller.teacher = _FixedLogits(teacher)
+    distiller.teacher = FixedLogits(teacher)
     distiller.prepare(Accelerator(cpu=True), ordered)
     loss = distiller.extra_loss(SimpleNamespace(logits=torch.zeros(2, 3, 2)), {"attention_mask": mask}, torch.arange(2))
     kl = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)  # KL(teacher || student), both skewed tokens

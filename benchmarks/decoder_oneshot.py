@@ -46,7 +46,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from accuracy_common import REPO, commit  # noqa: E402
-from gradual_mrpc import LAUNCH  # noqa: E402  (runs the app, prints PEAK_RSS_KB= on exit)
+from gradual import LAUNCH  # noqa: E402  (runs the app, prints PEAK_RSS_KB= on exit)
 
 RESULTS = REPO / "benchmarks/results/decoder_oneshot.json"
 WORK = REPO / "benchmarks/results/work/decoder_oneshot"

@@ -127,7 +127,7 @@ def test_every_experiment_preset_composes_and_validates(make_config, name):
     if name == "demo":
         require_minilm()
     given = ["model.name_or_path=/models/sparse", "distill.teacher=/models/dense"] if name.startswith("pofa") else []
-    if name.startswith("bert-mini-squad-") and name != "bert-mini-squad-dense":
+    if name.startswith("bert-mini-squad-") and name != "bert-mini-squad-dense" or name.endswith("-minilm") and name != "squad-minilm-dense":
         given = ["model.name_or_path=/models/dense"]
     if name.endswith("-squad-unstructured90") or name == "obert-squad-4block80":
         given = ["distill.teacher=/models/dense"]

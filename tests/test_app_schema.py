@@ -163,3 +163,16 @@ def test_a_value_a_preset_leaves_to_the_user_must_be_given(make_config):
     with pytest.raises(ConfigError) as caught:
         check_config(make_config("model=bert-mini", "experiment=pofa-stage1"))
     assert str(caught.value) == "model.name_or_path: must be given (add model.name_or_path=... to the command)"
+
+
+
+def test_a_window_only_a_short_run_cannot_hold_is_not_refused_before_the_steps_are_known(make_config):
+    # 60 gradients per Fisher fit between the updates of a run of 2 x 4,210 steps (SST-2 at batch
+    # 16: an update every 210 steps), not of a tiny run's 2 x 8: before the data loads nobody knows
+    # which (tests/test_cli_probes.py: the tiny run refused once its length is known).
+    check_pruning(check_config(make_config("pruner=obs", "pruning.obs.num_grads=60", "num_train_epochs=2")))
+    # What holds for any length is still refused before the data loads.
+    with pytest.raises(ConfigError) as caught:
+        check_pruning(check_config(make_config("pruner=obs", "pruning.obs.num_grads=60", "pruning_frequency=50")))
+    assert "num_grads=60 x num_recomputations=1 gradient steps must fit before each mask update, but " \
+           "pruning_frequency=50 leaves 50" in str(caught.value)

@@ -167,3 +167,15 @@ def test_a_dense_run_notes_the_pruning_keys_its_preset_set(tiny_data_root, tmp_p
     assert summary["status"] == "completed" and summary["do_prune"] is False
     assert ("do_prune=false: no effect from the preset's pruning.pattern=1x1, target_sparsity=0.9, "
             "pruning_frequency=7") in summary["notes"]
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["pruning.obs.num_grads=60"], "pruning: obs: num_grads=60 x num_recomputations=1 gradient steps must fit"),
+    (["pruning.obs.num_recomputations=1000"],
+     "pruning: obs: num_grads=0 (unset: 1 steps // num_recomputations) x num_recomputations=1000 gradient steps must fit"),
+])
+def test_an_obs_window_the_run_is_too_short_for_is_refused_with_the_runs_length(tiny_data_root, tmp_path, overrides, expected):
+    line = one_line(run_cli("model=tiny", "pruner=obs", "num_train_epochs=2", "max_train_samples=64", "max_length=32",
+                            "per_device_train_batch_size=8", f"data_root={tiny_data_root}", *overrides,
+                            f"hydra.run.dir={tmp_path / 'run'}"))
+    assert line.startswith(f"prunelab: error: {expected}") and line.endswith("(this run has 16 optimizer steps)")

@@ -41,8 +41,10 @@ VERIFY_ATOL = 1e-4
 STEP_KEYS = ("start_step", "end_step", "pruning_frequency", "sparsity_decay_type")
 # Window keys that say the same as the step keys (and so cannot be set together with them).
 WINDOW_KEYS = {"start_step": "sparsity_warm_epochs", "end_step": "cooldown_epochs", "pruning_frequency": "pruning_frequency"}
-# Steps per epoch assumed when the pruning config is checked before the data is loaded.
-PLACEHOLDER_STEPS_PER_EPOCH = 1000
+# Steps per epoch assumed when the pruning config is checked before the data is loaded: more than
+# any run has, so only what holds for every run length is refused then (a window derived from the
+# real count is checked again once the data is loaded; a smaller guess refused long runs that fit).
+PLACEHOLDER_STEPS_PER_EPOCH = 10**9
 
 
 @dataclass

@@ -431,8 +431,9 @@ def _check_obs(group: GroupConfig, name, one_shot: bool) -> None:
         where = f"{name('pruning_frequency')}={group.pruning_frequency}"
         if gap == group.start_step:
             where = f"{name('start_step')}={group.start_step} (" + ("one-shot)" if one_shot else "the first update prunes)")
+        given = "" if group.obs_settings.num_grads else f" (unset: {gap} steps // num_recomputations)"
         raise ValueError(
-            f"{name('obs')}: num_grads={count} x num_recomputations={recomputations} gradient steps must fit "
+            f"{name('obs')}: num_grads={count}{given} x num_recomputations={recomputations} gradient steps must fit "
             f"before each mask update, but {where} leaves {gap}; lower obs.num_grads or obs.num_recomputations"
         )
 

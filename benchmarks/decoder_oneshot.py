@@ -18,6 +18,8 @@ a child process with ``HF_HUB_OFFLINE=1``:
     <pruner>_1x1              scheduler=oneshot num_train_epochs=0 pruner=<pruner> pattern=1x1 target_sparsity=0.5
     <pruner>_2in4             scheduler=oneshot num_train_epochs=0 pruner=<pruner> pattern=2:4
     magnitude_local_1x1       the same with pruning.pruning_scope=local (the papers' per-layer magnitude)
+    <pruner>_<pattern>_sequential  wanda / sparsegpt cells with pruning.sequential=true (layer by layer,
+                              each layer calibrated on the outputs of the pruned layers before it)
     kd_<pruner>_2in4          scheduler=oneshot pruner=<pruner> pattern=2:4 distill=kd num_train_epochs=1 ...
                               (prune once before training, masks locked, KD from the dense model)
     kd_dense                  do_prune=false distill=kd num_train_epochs=1 ... (control: the same
@@ -74,6 +76,9 @@ def cells() -> dict[str, list[str]]:
             calibration = [f"pruning.calibration_samples={CALIBRATION}"] if pruner != "magnitude" else []
             table[f"{pruner}_{pattern}"] = ["scheduler=oneshot", "num_train_epochs=0", f"pruner={pruner}", *keys, *calibration]
     table["magnitude_local_1x1"] = table["magnitude_1x1"] + ["pruning.pruning_scope=local"]
+    for pruner in ("wanda", "sparsegpt"):  # the papers' order: layer by layer, from the pruned layers' outputs
+        for pattern in PATTERNS:
+            table[f"{pruner}_{pattern}_sequential"] = table[f"{pruner}_{pattern}"] + ["pruning.sequential=true"]
     for pruner in ("wanda", "sparsegpt"):
         table[f"kd_{pruner}_2in4"] = ["scheduler=oneshot", f"pruner={pruner}", *PATTERNS["2in4"],
                                       f"pruning.calibration_samples={CALIBRATION}", *FINE_TUNE]
@@ -192,19 +197,20 @@ def goals(rows: dict) -> list[str]:
     dense = ppl.get("dense")
     if dense is None:
         return ["Goals: no dense row yet."]
-    fifty = [(p, ppl[f"{p}_1x1"]) for p in ("sparsegpt", "wanda") if f"{p}_1x1" in ppl]
-    if fifty:
-        met = len(fifty) == 2 and all(v <= GOAL_50 * dense for _, v in fifty)
-        lines.append(f"- SparseGPT and Wanda at 50% within 25% of dense perplexity (<= {GOAL_50 * dense:.2f}): "
-                     f"**{'met' if met else 'not met'}**: " +
-                     ", ".join(f"{p} {v:.2f} ({v / dense:.2f}x dense {dense:.2f})" for p, v in fifty) + ".")
-    magnitude = ppl.get("magnitude_2in4")
-    two = [(p, ppl[f"{p}_2in4"]) for p in ("sparsegpt", "wanda") if f"{p}_2in4" in ppl]
-    if magnitude and two:
-        met = len(two) == 2 and all(v <= GOAL_2IN4 * magnitude for _, v in two)
-        lines.append(f"- 2:4, SparseGPT and Wanda far below magnitude (read as at most {GOAL_2IN4:g}x magnitude's "
-                     f"{magnitude:.2f}; the paper's table has 0.19-0.20x): **{'met' if met else 'not met'}**: " +
-                     ", ".join(f"{p} {v:.2f} ({v / magnitude:.2f}x)" for p, v in two) + ".")
+    for suffix, order in (("", "every layer from the dense inputs"), ("_sequential", "sequential")):
+        fifty = [(p, ppl[f"{p}_1x1{suffix}"]) for p in ("sparsegpt", "wanda") if f"{p}_1x1{suffix}" in ppl]
+        if fifty:
+            met = len(fifty) == 2 and all(v <= GOAL_50 * dense for _, v in fifty)
+            lines.append(f"- SparseGPT and Wanda at 50% within 25% of dense perplexity (<= {GOAL_50 * dense:.2f}), {order}: "
+                         f"**{'met' if met else 'not met'}**: " +
+                         ", ".join(f"{p} {v:.2f} ({v / dense:.2f}x dense {dense:.2f})" for p, v in fifty) + ".")
+        magnitude = ppl.get("magnitude_2in4")
+        two = [(p, ppl[f"{p}_2in4{suffix}"]) for p in ("sparsegpt", "wanda") if f"{p}_2in4{suffix}" in ppl]
+        if magnitude and two:
+            met = len(two) == 2 and all(v <= GOAL_2IN4 * magnitude for _, v in two)
+            lines.append(f"- 2:4, SparseGPT and Wanda far below magnitude (read as at most {GOAL_2IN4:g}x magnitude's "
+                         f"{magnitude:.2f}; the paper's table has 0.19-0.20x), {order}: **{'met' if met else 'not met'}**: " +
+                         ", ".join(f"{p} {v:.2f} ({v / magnitude:.2f}x)" for p, v in two) + ".")
     for name in ("kd_wanda_2in4", "kd_sparsegpt_2in4"):
         if name in ppl:
             start = ppl[name.removeprefix("kd_")]
@@ -220,8 +226,9 @@ def goals(rows: dict) -> list[str]:
     return lines
 
 
-ORDER = ("dense", "magnitude_1x1", "magnitude_local_1x1", "wanda_1x1", "sparsegpt_1x1", "magnitude_2in4", "wanda_2in4",
-         "sparsegpt_2in4", "kd_wanda_2in4", "kd_sparsegpt_2in4", "kd_dense")
+ORDER = ("dense", "magnitude_1x1", "magnitude_local_1x1", "wanda_1x1", "wanda_1x1_sequential", "sparsegpt_1x1",
+         "sparsegpt_1x1_sequential", "magnitude_2in4", "wanda_2in4", "wanda_2in4_sequential", "sparsegpt_2in4",
+         "sparsegpt_2in4_sequential", "kd_wanda_2in4", "kd_sparsegpt_2in4", "kd_dense")
 
 
 def write_table(rows: dict, path: Path) -> None:

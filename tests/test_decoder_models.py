@@ -138,9 +138,10 @@ def test_cli_prunes_a_decoder_to_2in4_with_kd_and_int8(tmp_path, text_files, opt
         assert ((rows.reshape(-1, 4) == 0).sum(dim=1) == 2).all(), name
 
 
-def test_cli_sparsegpt_one_shot_without_training(tmp_path, text_files):
+@pytest.mark.parametrize("sequential", ["false", "true"])
+def test_cli_sparsegpt_one_shot_without_training(tmp_path, text_files, sequential):
     summary, out = _run(tmp_path, text_files, "model=tiny-llama", "pattern=2:4", "pruner=sparsegpt", "scheduler=oneshot",
-                        "num_train_epochs=0", "pruning.calibration_samples=16")
+                        "num_train_epochs=0", "pruning.calibration_samples=16", f"pruning.sequential={sequential}")
     assert summary["sparsity"]["pruned_ops_sparsity"] == 0.5
     _check_head_and_embeddings(summary, out)
 

@@ -85,6 +85,9 @@ class GroupConfig:
     initial_sparsity: float = 0.0  # sparsity of the first update of an iterative schedule (oBERT: 0.7)
     calibration_samples: int | None = None  # wanda, sparsegpt: examples whose inputs are gathered (None: 256)
     sparsegpt: SparseGptSettings | None = None  # pruning_type sparsegpt: its settings (None: the defaults)
+    # wanda, sparsegpt: prune one layer of the model's stack at a time, each calibrated on the outputs
+    # of the layers pruned before it (the papers' order); false/None: every op from the dense inputs
+    sequential: bool | None = None
 
     @property
     def criterion(self) -> str:
@@ -120,7 +123,7 @@ class GroupConfig:
 
 
 # prunelab's own keys beyond INC 2.x's (an INC recipe file has none of them).
-EXTENSION_KEYS = ("num_attention_heads", "obs", "initial_sparsity", "calibration_samples", "sparsegpt")
+EXTENSION_KEYS = ("num_attention_heads", "obs", "initial_sparsity", "calibration_samples", "sparsegpt", "sequential")
 KEYS = tuple(f.name for f in dataclasses.fields(GroupConfig) if f.name not in EXTENSION_KEYS)  # INC's keys
 ALL_KEYS = (*KEYS, *EXTENSION_KEYS)
 
@@ -315,6 +318,7 @@ _VALIDATORS = {
     "initial_sparsity": _float_in(0.0, 1.0, high_open=True),
     "calibration_samples": _or_null(_int_at_least(1)),
     "sparsegpt": _sparsegpt,
+    "sequential": _or_null(_flag),
 }
 
 
@@ -333,6 +337,11 @@ def _check_group(group: GroupConfig, name) -> None:
         raise ValueError(
             f"{name('calibration_samples')}: has no effect with {name('pruning_type')}={group.pruning_type!r} "
             "(only wanda and sparsegpt read calibration inputs); drop it"
+        )
+    if group.sequential is not None and not calibrated:
+        raise ValueError(
+            f"{name('sequential')}: has no effect with {name('pruning_type')}={group.pruning_type!r} "
+            "(only wanda and sparsegpt calibrate layer by layer); drop it"
         )
     if group.pruning_type == "pattern_lock":
         return  # locks the existing zeros; target, ratios and schedule do not apply

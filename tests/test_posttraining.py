@@ -316,15 +316,17 @@ def test_bad_app_settings_are_refused_before_anything_loads(make_config, overrid
         check_pruning(check_config(make_config(*SMALL, "pattern=1x1", "target_sparsity=0.5", *overrides)))
 
 
-def test_two_processes_sum_their_inputs_and_hold_the_same_masks(tiny_data_root, tmp_path):
+@pytest.mark.parametrize("sequential", ["false", "true"])
+def test_two_processes_sum_their_inputs_and_hold_the_same_masks(tiny_data_root, tmp_path, sequential):
     """torchrun, 2 processes: each gathers half the calibration examples, the statistics are summed
-    before the prune, so the masks agree (the app compares them at every evaluation)."""
+    before the prune (sequential: layer by layer), so the masks agree (the app compares them at
+    every evaluation)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     args = [TORCHRUN, "--nproc_per_node", "2", "-m", "prunelab", "model=tiny", "task=sst2",
             f"data_root={tiny_data_root}", "max_train_samples=64", "max_eval_samples=16", "max_length=32",
             "num_train_epochs=1", "per_device_train_batch_size=8", "pruner=sparsegpt", "scheduler=oneshot",
             "pattern=1x1", "target_sparsity=0.5", "pruning.calibration_samples=32", "progress_bar=false",
-            f"hydra.run.dir={tmp_path}"]
+            f"pruning.sequential={sequential}", f"hydra.run.dir={tmp_path}"]
     result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())

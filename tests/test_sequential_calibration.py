@@ -47,13 +47,14 @@ def _config(pruning_type: str, pattern: str, sequential: bool | None, op_names=(
             "op_names": list(op_names), "calibration_samples": samples, "sequential": sequential}
 
 
-def _prune(model, config: dict, batches: list[dict]):
-    """The engine's one-shot prune: calibration passes at steps 0-2, the update at step 3."""
+def _prune(model, config: dict, batches: list[dict], autocast: bool = False):
+    """The engine's one-shot prune: calibration passes at steps 0-2 (``autocast``: the forward
+    passes alone under bfloat16 autocast, as accelerate's mixed precision runs them), the update at step 3."""
     pruning = prunelab.prepare_pruning(model, config)
     pruning.on_train_begin()
     for step, batch in enumerate(batches):
         pruning.on_step_begin(step)
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             model(**batch)
         pruning.on_before_optimizer_step()
         pruning.on_after_optimizer_step()
@@ -115,3 +116,19 @@ def test_sequential_is_refused_where_it_has_no_effect():
         prunelab.sparsity.parse_config({**_config("magnitude", "1x1", True), "calibration_samples": None})
     with pytest.raises(ValueError, match=r"sequential='yes' must be true or false"):
         prunelab.sparsity.parse_config(_config("wanda", "1x1", "yes"))
+
+
+def test_calls_recorded_under_mixed_precision_run_again_under_it():
+    """Calibration passes under bfloat16 autocast (mixed_precision=bf16): the layers replay under
+    the same autocast, so they see the inputs as recorded and the result equals pruning the layers
+    by hand under it."""
+    batches = _batches()
+    sequential = _llama()
+    by_hand = copy.deepcopy(sequential)
+    _prune(sequential, _config("sparsegpt", "2:4", True), batches, autocast=True)
+    for layer in range(3):
+        _prune(by_hand, _config("sparsegpt", "2:4", False, op_names=[rf"^model.layers\.{layer}\."]), batches, autocast=True)
+    expected, found = _weights(by_hand), _weights(sequential)
+    for name in found:
+        assert torch.equal(found[name] == 0, expected[name] == 0), name
+        assert torch.allclose(found[name], expected[name], atol=1e-6), name

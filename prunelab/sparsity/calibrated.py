@@ -60,6 +60,7 @@ class CalibratedGroup(PruningGroup):
         # calls (args, kwargs, take, batch, padding), one per calibration batch
         self._stack, self._ops_by_layer = _layer_stack(model, self.ops, config.pruning_type) if self.sequential and self.ops else (None, {})
         self._calls: list[tuple] = []
+        self._autocast = ("cpu", torch.get_autocast_dtype("cpu"), False)  # (device type, dtype, enabled) of the calls
 
     # ------------------------------------------------------------------------------ hooks
     @torch.no_grad()
@@ -98,6 +99,9 @@ class CalibratedGroup(PruningGroup):
     def _record_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self._take != 0:
             self._calls.append((_detached(args), _detached(kwargs), self._take, self._batch, self._padding))
+            device = next(module.parameters()).device.type
+            # the layers run again at the update as they ran here (mixed precision: under the same autocast)
+            self._autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
 
     def _stop_listening(self) -> None:
         for handle in self._handles:
@@ -159,8 +163,9 @@ class CalibratedGroup(PruningGroup):
                 if ops:
                     handles = [self._listen_to(op) for op in ops]
                     try:
-                        for args, kwargs, self._take, self._batch, self._padding in calls:
-                            layer(*args, **kwargs)
+                        with self._as_recorded():
+                            for args, kwargs, self._take, self._batch, self._padding in calls:
+                                layer(*args, **kwargs)
                     finally:
                         for handle in handles:
                             handle.remove()
@@ -168,9 +173,15 @@ class CalibratedGroup(PruningGroup):
                     self._prune(ops, sparsity, step)
                     torch._foreach_mul_([op.weight for op in ops], [op.mask for op in ops])  # the next layer sees this one pruned
                 if index < last:
-                    calls = [(*_next_layer_inputs(layer, args, kwargs), *rest) for args, kwargs, *rest in calls]
+                    with self._as_recorded():
+                        calls = [(*_next_layer_inputs(layer, args, kwargs), *rest) for args, kwargs, *rest in calls]
         finally:
             self._stack.train(training)
+
+    def _as_recorded(self) -> torch.autocast:
+        """The autocast state the recorded calls ran under (the mask solve itself runs outside it)."""
+        device, dtype, enabled = self._autocast
+        return torch.autocast(device, dtype=dtype, enabled=enabled)
 
     def _prune(self, ops: list[PrunedOp], sparsity: float, step: int) -> None:
         for op in ops:

@@ -334,7 +334,8 @@ def write_table(setup: Setup, rows: dict, path: Path) -> None:
 
 def plot(setup: Setup, rows: dict, path: Path) -> None:
     """One panel per setting: the main metric after every epoch against the sparsity then, mean over
-    seeds, one line per criterion (at a sparsity held for several epochs, the last), dense dashed."""
+    seeds, one line per criterion from the dense start (at a sparsity held for several epochs, the
+    last), dense dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -350,7 +351,8 @@ def plot(setup: Setup, rows: dict, path: Path) -> None:
         for row in cells:
             by_arm.setdefault(row["arm"], []).append(row)
         for arm, runs in by_arm.items():
-            curve: dict[float, list[float]] = {}
+            level = dense_level(setup, rows, runs)
+            curve: dict[float, list[float]] = {0.0: [level]}  # every run starts from the dense model
             for epoch, sparsity in enumerate(runs[0]["sparsity_per_epoch"]):
                 curve[sparsity] = [run[setup.per_epoch][epoch] for run in runs]  # later epochs replace earlier ones
             xs = sorted(curve)

@@ -221,9 +221,11 @@ def run_grid(setup: Setup, args) -> None:
         return start_point_id(setup.start_dir(cell.seed, args))
 
     def finished_row(cell: Cell) -> bool:
+        """Done, and from the start point on disk (a dense cell: its model is still there)."""
         row = rows.get(cell.name, {})
-        return row.get("status") == "done" and cell.ready() and (cell.dense and (cell.out / "model/model.safetensors").is_file()
-                                                                 or not cell.dense and row.get("start_point") == start_point(cell))
+        if row.get("status") != "done" or not (setup.start_dir(cell.seed, args) / "model.safetensors").is_file():
+            return False
+        return cell.dense or row.get("start_point") == start_point(cell)
 
     queue = [Cell("dense", seed, setup, args) for seed in args.seeds if setup.dense is not None]
     queue += [Cell(arm, seed, setup, args) for seed in args.seeds for arm in args.arms]

@@ -346,9 +346,13 @@ def plot(setup: Setup, rows: dict, path: Path) -> None:
     groups = settings(setup, rows)
     if not groups:
         return
-    figure, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.5), squeeze=False)
+    columns = min(3, len(groups))  # wider rows would shrink every panel's text
+    rows_of_panels = -(-len(groups) // columns)
+    figure, axes = plt.subplots(rows_of_panels, columns, figsize=(6 * columns, 4.5 * rows_of_panels), squeeze=False)
+    for axis in axes.flat[len(groups):]:
+        axis.set_visible(False)
     main_key = setup.metrics[0][1]
-    for axis, ((start, extra), cells) in zip(axes[0], groups.items()):
+    for axis, ((start, extra), cells) in zip(axes.flat, groups.items()):
         by_arm: dict[str, list[dict]] = {}
         for row in cells:
             by_arm.setdefault(row["arm"], []).append(row)

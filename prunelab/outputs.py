@@ -113,8 +113,10 @@ class RunSummary:
             write_json_atomic(self.path, self.fields)
 
 
-def save_model(model, tokenizer, output_dir: Path, verify: Callable[[Path], None] | None = None) -> Path:
-    """``save_pretrained`` into ``model.tmp/``, run ``verify`` on it, then rename to ``model/``."""
+def save_model(model, tokenizer, output_dir: Path, verify: Callable[[Path], None] | None = None,
+               files: dict[str, str] | None = None) -> Path:
+    """``save_pretrained`` (and ``files``: name -> text, records that travel with the weights) into
+    ``model.tmp/``, run ``verify`` on it, then rename to ``model/``."""
     final = output_dir / MODEL_DIR
     tmp = output_dir / f"{MODEL_DIR}.tmp"
     for stale in (tmp, final):
@@ -122,6 +124,8 @@ def save_model(model, tokenizer, output_dir: Path, verify: Callable[[Path], None
             shutil.rmtree(stale)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    for name, text in (files or {}).items():
+        (tmp / name).write_text(text)
     if verify is not None:
         verify(tmp)
     os.replace(tmp, final)

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 import prunelab
+from prunelab.app import trained_examples
 from prunelab.app.config import build, to_input_path
 from prunelab.app.inc_recipe import read_pruning_config
 from prunelab.app.quantization import QUANTIZED_DIR, check_reload
@@ -58,6 +59,7 @@ class RunState:
     stop: StopOnSignal
     resume_from: Path | None = None
     source: Any = None
+    start_points: dict[str, str] = field(default_factory=dict)  # config key -> the model directory it names
     tokenizer: Any = None
     task: Any = None
     data: Any = None
@@ -204,6 +206,10 @@ def setup_training(state: RunState) -> None:
     training loop, the pruning engine."""
     cfg, task = state.cfg, state.task
     distiller = build(cfg.distill)(task=task, student=state.model)
+    state.start_points = {"model.name_or_path": state.source.source}
+    if distiller is not None and distiller.teacher_source is not None:
+        state.start_points["distill.teacher"] = distiller.teacher_source
+    trained_examples.check(state.start_points, state.data.eval_examples)
     state.quantization = build(cfg.quant)
     state.quantization.prepare(state.model)
     # The distiller's parameters (simkd's projector), if any, train in the trainer's optimizer.
@@ -282,7 +288,9 @@ def save(state: RunState) -> None:
     cfg = state.cfg
     if cfg.save_model and state.accelerator.is_main_process:
         verify = _logit_check(state) if cfg.verify_loading else None
-        save_model(state.accelerator.unwrap_model(state.trainer.model), state.tokenizer, state.out, verify)
+        record = trained_examples.carried(state.start_points, state.data.carved_train_examples)
+        files = {trained_examples.FILE: record} if record is not None else {}
+        save_model(state.accelerator.unwrap_model(state.trainer.model), state.tokenizer, state.out, verify, files)
         if state.quantized is not None:
             directory = state.quantized.save(state.out / QUANTIZED_DIR, overwrite=True)
             if cfg.verify_loading:

@@ -20,6 +20,16 @@ from prunelab.errors import ConfigError
 PAD_LOGIT = -100.0
 
 
+@dataclass(frozen=True)
+class ExampleIds:
+    """Examples of one source named by id, for the check that a run never scores a model on
+    examples it (or its start point) trained on (``prunelab/app/trained_examples.py``)."""
+
+    source: str  # the set the ids index, the same for hub and local copies, e.g. "SQuAD v1.1 dev"
+    ids: tuple[str, ...]
+    how: str = ""  # the settings that picked them, e.g. "task.split_dev_by_article=8, seed=43"
+
+
 @dataclass
 class TaskData:
     """Tokenized data ready for DataLoaders.
@@ -30,6 +40,10 @@ class TaskData:
     collator: batches items with dynamic padding.
     extra: whatever ``compute_metrics`` needs besides logits (e.g. SQuAD examples and offsets).
     notes: plain-language facts a reader of summary.json must know (e.g. a held-out split).
+    eval_examples: the eval examples by id, declared by tasks whose training can be carved out of
+    their eval set: a start model or teacher that trained on any of them is refused.
+    carved_train_examples: the training examples by id, when they were carved out of a set that
+    also serves for eval (SQuAD's split_dev_by_article); saved beside the trained model.
     """
 
     train: Any
@@ -37,6 +51,8 @@ class TaskData:
     collator: Callable
     extra: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    eval_examples: ExampleIds | None = None
+    carved_train_examples: ExampleIds | None = None
 
 
 class Task(ABC):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding
 
-from prunelab.tasks.base import Task, TaskData
+from prunelab.tasks.base import ExampleIds, Task, TaskData
 from prunelab.tasks.squad_data import VERSIONS, load_squad
 from prunelab.tasks.squad_metric import squad_v1_scores, squad_v2_scores
 from prunelab.tasks.squad_processing import Windows, answer_positions, extract_answers, tokenize_windows
@@ -99,6 +99,11 @@ class SquadTask(Task):
             notes.append(f"Evaluated on the first {len(examples)} of {len(splits.eval)} eval questions.")
 
         eval_windows = self._windows(tokenizer, examples)
+        dev = f"SQuAD v{self.version} dev"
+        carved = None
+        if self.split_dev_by_article is not None:
+            how = f"task.split_dev_by_article={self.split_dev_by_article}, seed={self.seed}"
+            carved = ExampleIds(dev, tuple(train["id"]), how)
         return TaskData(
             train=_labelled_features(self._windows(tokenizer, train), train),
             # Eval features carry labels too, so the loop can report an eval loss; metrics come
@@ -112,6 +117,8 @@ class SquadTask(Task):
                 "gold_answers": [a["text"] for a in examples["answers"]],
             },
             notes=notes,
+            eval_examples=ExampleIds(dev, tuple(examples["id"])),
+            carved_train_examples=carved,
         )
 
     def _windows(self, tokenizer, examples: datasets.Dataset) -> Windows:

@@ -60,6 +60,7 @@ class TeacherDistiller:
         self.loss_weight = DEFAULT_LOSS_WEIGHT if loss_weight is None else loss_weight
         self.precompute = precompute
         self.replaces_task_loss = replace_task_loss
+        self.teacher_source = teacher  # the directory given; None: the copy of the student
         self.teacher = copy.deepcopy(student) if teacher is None else _load_teacher(task, teacher)
         self.teacher.eval().requires_grad_(False)
         self.accelerator = None

@@ -71,17 +71,20 @@ GOAL_RECOVERY = 0.5  # the fine-tune recovers at least half of the 2:4 gap to de
 def cells() -> dict[str, list[str]]:
     """Cell name -> its overrides after the common ones."""
     table = {"dense": ["do_prune=false", "num_train_epochs=0"]}
+    # The calibrated cells name their calibration order (the pruners' defaults differ): one pass,
+    # every layer from the dense model's inputs, or sequential (the papers' order: layer by layer,
+    # from the pruned layers' outputs).
+    one_pass = [f"pruning.calibration_samples={CALIBRATION}", "pruning.sequential=false"]
     for pruner in PRUNERS:
         for pattern, keys in PATTERNS.items():
-            calibration = [f"pruning.calibration_samples={CALIBRATION}"] if pruner != "magnitude" else []
+            calibration = one_pass if pruner != "magnitude" else []
             table[f"{pruner}_{pattern}"] = ["scheduler=oneshot", "num_train_epochs=0", f"pruner={pruner}", *keys, *calibration]
     table["magnitude_local_1x1"] = table["magnitude_1x1"] + ["pruning.pruning_scope=local"]
-    for pruner in ("wanda", "sparsegpt"):  # the papers' order: layer by layer, from the pruned layers' outputs
-        for pattern in PATTERNS:
-            table[f"{pruner}_{pattern}_sequential"] = table[f"{pruner}_{pattern}"] + ["pruning.sequential=true"]
     for pruner in ("wanda", "sparsegpt"):
-        table[f"kd_{pruner}_2in4"] = ["scheduler=oneshot", f"pruner={pruner}", *PATTERNS["2in4"],
-                                      f"pruning.calibration_samples={CALIBRATION}", *FINE_TUNE]
+        for pattern in PATTERNS:
+            table[f"{pruner}_{pattern}_sequential"] = table[f"{pruner}_{pattern}"][:-1] + ["pruning.sequential=true"]
+    for pruner in ("wanda", "sparsegpt"):
+        table[f"kd_{pruner}_2in4"] = ["scheduler=oneshot", f"pruner={pruner}", *PATTERNS["2in4"], *one_pass, *FINE_TUNE]
     # Control: the dense model through the same fine-tune (KD from its own frozen copy): how much
     # of a pruned arm's gain is the in-domain text rather than recovery from pruning.
     table["kd_dense"] = ["do_prune=false", *FINE_TUNE]

@@ -229,7 +229,11 @@ def test_resume_inside_a_fisher_window_is_bit_exact():
     "change, message",
     [
         ({"pattern": "4x1", "obs": {"block_size": 50}}, "obs.block_size=50 must be a multiple of the pattern's unit"),
-        ({"pruning_frequency": 2, "obs": {"num_grads": 3}}, "num_grads=3 x num_recomputations=1 gradient steps must fit"),
+        ({"pruning_frequency": 2, "obs": {"num_grads": 3}}, "num_grads=3 x num_recomputations=1 gradient steps must fit "
+         "before each mask update, but pruning_frequency=2 leaves 2; lower obs.num_grads or obs.num_recomputations, "
+         "or give a larger pruning_frequency"),
+        ({"start_step": 1, "initial_sparsity": 0.3, "obs": {"num_grads": 2}}, "but start_step=1 (the first update prunes) "
+         "leaves 1; lower obs.num_grads or obs.num_recomputations, or give a later start_step"),
         ({"obs": {"num_grads": 2, "num_recomputations": 3}}, "num_grads=2 x num_recomputations=3"),
         ({"pruning_type": "obs_progressive"}, "obs moves the kept weights"),
         ({"pruning_type": "snip", "obs": {"num_grads": 2}}, "obs: has no effect with pruning_type='snip'"),

@@ -438,12 +438,15 @@ def _check_obs(group: GroupConfig, name, one_shot: bool) -> None:
     gap = _steps_before_updates(group)
     if count < 1 or count * recomputations > gap:
         where = f"{name('pruning_frequency')}={group.pruning_frequency}"
+        later = f"a larger {name('pruning_frequency')}"
         if gap == group.start_step:
             where = f"{name('start_step')}={group.start_step} (" + ("one-shot)" if one_shot else "the first update prunes)")
+            later = f"a later {name('start_step')}"
         given = "" if group.obs_settings.num_grads else f" (unset: {gap} steps // num_recomputations)"
         raise ValueError(
             f"{name('obs')}: num_grads={count}{given} x num_recomputations={recomputations} gradient steps must fit "
-            f"before each mask update, but {where} leaves {gap}; lower obs.num_grads or obs.num_recomputations"
+            f"before each mask update, but {where} leaves {gap}; lower obs.num_grads or obs.num_recomputations, "
+            f"or give {later}"
         )
 
 

@@ -222,16 +222,18 @@ def test_a_gqa_group_with_zero_value_rows_is_folded_into_the_output_bias():
     assert torch.allclose(logits(result.model, ids()), masked, atol=ATOL)
 
 
-def test_a_gated_neuron_with_a_zero_gate_row_is_cut_and_one_with_a_zero_up_row_is_kept():
-    """SiLU(0) = 0: a zero gate row (no bias) silences the neuron whatever its up row."""
+def test_a_gated_neuron_with_a_zero_gate_row_or_a_zero_up_row_is_cut():
+    """SiLU(0) = 0: a zero gate row (no bias) silences the neuron whatever its up row; a zero up row
+    multiplies whatever SiLU gives by 0. A neuron with only part of a row zero stays."""
     model = tiny_llama()
     with torch.no_grad():
         model.model.layers[0].mlp.gate_proj.weight[5] = 0.0
-        model.model.layers[0].mlp.up_proj.weight[9] = 0.0  # silent too, but not a source row: kept
+        model.model.layers[0].mlp.up_proj.weight[9] = 0.0
+        model.model.layers[0].mlp.up_proj.weight[11, 1:] = 0.0
     masked = logits(model, ids())
     result = compact(model)
     plan = next(p for p in result.plans if p.structure.kind == "neuron" and p.structure.layer == "model.layers.0")
-    assert (len(plan.keep), 5 in plan.keep, 9 in plan.keep, plan.folded) == (GQA_FFN - 1, False, True, [])
+    assert (len(plan.keep), 5 in plan.keep, 9 in plan.keep, 11 in plan.keep, plan.folded) == (GQA_FFN - 2, False, False, True, [])
     assert torch.allclose(logits(result.model, ids()), masked, atol=ATOL)
 
 

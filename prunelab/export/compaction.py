@@ -167,8 +167,10 @@ def plan_compaction(model: nn.Module, kept_units: dict | None = None) -> list[St
         rows = _matrix(modules[source.module])[source.start : source.start + units * source.size]
         constant = (rows.reshape(units, -1) == 0).all(dim=1).cpu()
         if structure.spec.gate is not None:
-            # act(bias) times the gate's input-dependent output: constant (zero) only where act(bias) is 0
+            # act(bias) times the gate's input-dependent output: constant (zero) only where act(bias) is 0;
+            # zero gate rows (and bias) multiply whatever the activation gives by 0
             constant &= (_source_constant(modules, structure, list(range(units))) == 0).all(dim=1).cpu()
+            constant |= _zero_gate(modules, structure).cpu()
         removable = silent | constant
         if kept_units is not None:
             engine = kept_units.get(structure.layer, {}).get(f"{structure.kind}s")
@@ -291,6 +293,18 @@ def _source_constant(modules: dict[str, nn.Module], structure: Structure, units:
     if structure.spec.activation is not None:
         constant = _resolve(modules, structure.module(structure.spec.activation))(constant)
     return constant.reshape(len(units), source.size)
+
+
+def _zero_gate(modules: dict[str, nn.Module], structure: Structure) -> torch.Tensor:
+    """``[units]`` bool: the gated FFN's other input projection has zero rows (and bias) for the
+    unit, laid out like its source rows."""
+    source, units = structure.source, structure.units
+    module = _resolve(modules, structure.module(structure.spec.gate))
+    span = slice(source.start, source.start + units * source.size)
+    zero = (_matrix(module)[span].reshape(units, -1) == 0).all(dim=1)
+    if module.bias is not None:
+        zero &= (module.bias[span].reshape(units, source.size) == 0).all(dim=1)
+    return zero
 
 
 def _folded_bias(modules: dict[str, nn.Module], plan: StructurePlan) -> dict[str, torch.Tensor]:

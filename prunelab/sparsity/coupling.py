@@ -28,7 +28,8 @@ the layer input, replaced when a layer keeps none), ``source`` (the rows part wh
 a unit's output constant: the value projection, the FFN input projection), ``activation`` (between
 ``source`` and ``cols``; ``None`` for heads, whose softmax average of a constant is that constant),
 ``gate`` (a gated FFN's other input projection, multiplied by the activation: a unit with zero
-``source`` rows is then removable only when the activation of its bias is 0) and ``attributes``
+``source`` rows is then removable only when the activation of its bias is 0, and one with zero
+``gate`` rows and bias always) and ``attributes``
 (per-layer counts the block's forward reads, set to the kept ones).
 
 To support another architecture, add one ``Architecture`` line; ``find_structures`` finds every

@@ -161,12 +161,12 @@ class QuantizedModel:
 
     def int8_weights(self) -> dict[str, np.ndarray]:
         """``{Linear module name: int8 codes [out, in]}`` as stored in the graph."""
-        return backend.int8_weights(self.ov_model)
+        return _module_names(backend.int8_weights(self.ov_model), self.quantized_layers)
 
     def int8_embeddings(self) -> dict[str, np.ndarray]:
         """``{embedding module name: int8 codes [num_embeddings, dim]}`` as stored in the graph
         (empty when quantized with ``embeddings=False``)."""
-        return backend.int8_embeddings(self.ov_model)
+        return _module_names(backend.int8_embeddings(self.ov_model), self.quantized_embeddings)
 
     def __repr__(self) -> str:
         return (
@@ -174,6 +174,17 @@ class QuantizedModel:
             f"int8 embedding tables={len(self.quantized_embeddings)}, "
             f"inputs={list(self.input_names)}, outputs={list(self.output_names)})"
         )
+
+
+def _module_names(found: dict[str, np.ndarray], modules) -> dict[str, np.ndarray]:
+    """The graph names a layer by the tracer's path, which can start with a wrapper's attribute
+    (GPT-2's: ``model.transformer.h.0...``): each name becomes the module name it ends with."""
+    known = set(modules)
+    renamed = {}
+    for name, codes in found.items():
+        parts = name.split(".")
+        renamed[next((".".join(parts[i:]) for i in range(len(parts)) if ".".join(parts[i:]) in known), name)] = codes
+    return renamed
 
 
 def load_quantized(directory, *, num_threads: int | None = None) -> QuantizedModel:

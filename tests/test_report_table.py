@@ -323,3 +323,16 @@ def test_a_task_none_of_whose_runs_completed_still_says_lower_is_better(tmp_path
     write_job(tmp_path / "s" / "0", ["seed=1"], failed)
     text = build_report([tmp_path / "s"], plots=False).markdown.read_text()
     assert "## perplexity (lower is better)\n" in text and "| no completed run (1 failed) |" in text
+
+
+def test_a_job_refused_for_a_target_that_is_no_number_is_listed_not_placed(tmp_path: Path):
+    """A typo in a sweep (target_sparsity=O.8) records the raw value in the refused job's summary."""
+    jobs = tmp_path / "jobs"
+    write_job(jobs / "0", ["target_sparsity=0.5"], fake_summary(True, "4x1", 0.5, 1, 0.75))
+    refused = fake_summary(True, "4x1", None, 1, 0.0, status=FAILED, error="ConfigError: target_sparsity='O.8': must be a number")
+    write_job(jobs / "1", ["target_sparsity=O.8"], {**refused, "target_sparsity": "O.8"})
+    text = build_report([jobs], tmp_path / "out", plots=False).markdown.read_text()
+    problems = text.split("## Failed, running and missing jobs")[1]
+    assert f"| failed | `{jobs / '1'}` | `target_sparsity=O.8` | ConfigError: target_sparsity='O.8': must be a number |" in problems
+    assert "| tiny | mrpc | 4x1 | 0.4510 (target 0.5) | no dense run (do_prune=false) for this model and task | 0.7500 / 0.7500 (n=1) |" in text
+    assert "Jobs: 2 (1 completed, 1 failed)" in text

@@ -176,8 +176,21 @@ def extra_keys(jobs: list[Job]) -> list[str]:
 
 
 def placeable(job: Job) -> bool:
+    """Whether the job has a row; a job refused for a target that is no number (a typo in a sweep)
+    is only listed as a problem."""
     return (job.summary is not None and job.status != INVALID
-            and all(job.summary.get(key) is not None for key in PLACEMENT_KEYS))
+            and all(job.summary.get(key) is not None for key in PLACEMENT_KEYS)
+            and (not job.summary["do_prune"] or _is_number(job.summary.get("target_sparsity"))))
+
+
+def _is_number(value) -> bool:
+    if value is None:
+        return True  # a pruning job that failed before its target was recorded
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def group_jobs(jobs: list[Job]) -> tuple[list[Group], list[str]]:

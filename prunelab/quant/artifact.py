@@ -183,7 +183,8 @@ def _module_names(found: dict[str, np.ndarray], modules) -> dict[str, np.ndarray
     renamed = {}
     for name, codes in found.items():
         parts = name.split(".")
-        renamed[next((".".join(parts[i:]) for i in range(len(parts)) if ".".join(parts[i:]) in known), name)] = codes
+        suffixes = (".".join(parts[i:]) for i in range(len(parts)))
+        renamed[next((suffix for suffix in suffixes if suffix in known), name)] = codes
     return renamed
 
 

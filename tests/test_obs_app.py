@@ -119,3 +119,17 @@ def test_two_processes_build_one_fisher_and_hold_the_same_masks(tiny_data_root, 
     assert summary["status"] == "completed"
     assert summary["sparsity"]["pruned_ops_sparsity"] == pytest.approx(0.6, abs=1e-5)
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2  # masks compared twice
+
+
+def test_a_prune_taking_more_passes_than_the_training_set_has_batches_says_so(make_config, tmp_path):
+    """8 gradient passes over 4 batches of 8: summary.json says each batch served twice; snip's
+    single pass says nothing."""
+    notes = {}
+    for pruner, extra in (("obs", ("pruning.obs.num_grads=8",)), ("snip", ())):
+        run(make_config("max_train_samples=32", f"pruner={pruner}", "scheduler=oneshot", "num_train_epochs=0",
+                        "pattern=1x1", "target_sparsity=0.5", *extra), tmp_path / pruner)
+        notes[pruner] = [n for n in _summary(tmp_path / pruner)["notes"] if n.startswith("the prune before training")]
+    assert notes == {"snip": [], "obs": [
+        "the prune before training takes 8 passes over training batches, but this process has 4 per epoch: each "
+        "batch is used up to 2 times (reshuffled each epoch); the pruner's keys that set the passes "
+        "(pruning.obs.num_grads, pruning.calibration_samples) give fewer"]}

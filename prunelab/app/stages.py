@@ -226,9 +226,23 @@ def setup_training(state: RunState) -> None:
     if cfg.do_prune and build(cfg.scheduler).lr_rewinding:
         state.trainer.rewind_learning_rate(state.pruning.pruning_steps())
     state.gradient_steps = config["start_step"] if cfg.do_prune and (cfg.num_train_epochs == 0 or prunes_first) else 0
+    _note_repeated_batches(state)
     state.measurement = state.pruning or _dense_measurement(config, state.model)
     state.hook_timer = HookTimer(state.pruning) if state.pruning is not None else None
     state.callbacks = [c for c in (distiller, state.hook_timer) if c is not None]
+
+
+def _note_repeated_batches(state: RunState) -> None:
+    """A prune before training that takes more passes than the training set has batches sees each
+    batch several times: said in summary.json, since the criterion's defaults (obs: 1024 gradients)
+    assume a large training set."""
+    batches = len(state.trainer.train_loader)
+    if state.gradient_steps > batches:
+        note = (f"the prune before training takes {state.gradient_steps} passes over training batches, but this "
+                f"process has {batches} per epoch: each batch is used up to {-(-state.gradient_steps // batches)} "
+                f"times (reshuffled each epoch); the pruner's keys that set the passes (pruning.obs.num_grads, "
+                f"pruning.calibration_samples) give fewer")
+        state.summary.write(notes=[*state.summary.fields["notes"], note])
 
 
 def fit(state: RunState) -> None:

@@ -108,7 +108,10 @@ def hardware() -> str:
     import torch
 
     if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+        # the control pipe of a running MPS daemon: cells then share the GPU, which changes their s / epoch
+        pipes = Path(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps"))
+        mps = ", CUDA MPS" if (pipes / "control").exists() else ""
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__}){mps}"
     return f"CPU, {torch.get_num_threads()} threads (torch {torch.__version__})"
 
 

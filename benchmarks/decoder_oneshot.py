@@ -75,14 +75,15 @@ def cells() -> dict[str, list[str]]:
     # every layer from the dense model's inputs, or sequential (the papers' order: layer by layer,
     # from the pruned layers' outputs).
     one_pass = [f"pruning.calibration_samples={CALIBRATION}", "pruning.sequential=false"]
+    sequential = [f"pruning.calibration_samples={CALIBRATION}", "pruning.sequential=true"]
     for pruner in PRUNERS:
         for pattern, keys in PATTERNS.items():
             calibration = one_pass if pruner != "magnitude" else []
             table[f"{pruner}_{pattern}"] = ["scheduler=oneshot", "num_train_epochs=0", f"pruner={pruner}", *keys, *calibration]
     table["magnitude_local_1x1"] = table["magnitude_1x1"] + ["pruning.pruning_scope=local"]
     for pruner in ("wanda", "sparsegpt"):
-        for pattern in PATTERNS:
-            table[f"{pruner}_{pattern}_sequential"] = table[f"{pruner}_{pattern}"][:-1] + ["pruning.sequential=true"]
+        for pattern, keys in PATTERNS.items():
+            table[f"{pruner}_{pattern}_sequential"] = ["scheduler=oneshot", "num_train_epochs=0", f"pruner={pruner}", *keys, *sequential]
     for pruner in ("wanda", "sparsegpt"):
         table[f"kd_{pruner}_2in4"] = ["scheduler=oneshot", f"pruner={pruner}", *PATTERNS["2in4"], *one_pass, *FINE_TUNE]
     # Control: the dense model through the same fine-tune (KD from its own frozen copy): how much

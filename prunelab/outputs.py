@@ -112,6 +112,10 @@ class RunSummary:
         if self.writes:
             write_json_atomic(self.path, self.fields)
 
+    def add_notes(self, *notes: str) -> None:
+        """Append plain-language facts to ``notes`` and write."""
+        self.write(notes=[*self.fields["notes"], *notes])
+
 
 def save_model(model, tokenizer, output_dir: Path, verify: Callable[[Path], None] | None = None,
                files: dict[str, str] | None = None) -> Path:

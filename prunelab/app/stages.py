@@ -196,7 +196,7 @@ def load_model(state: RunState) -> None:
 def setup_data(state: RunState) -> None:
     with state.accelerator.main_process_first():
         state.data = state.task.load(state.tokenizer)
-    state.summary.write(notes=[*state.summary.fields["notes"], *state.data.notes])
+    state.summary.add_notes(*state.data.notes)
 
 
 def setup_training(state: RunState) -> None:
@@ -242,7 +242,7 @@ def _note_repeated_batches(state: RunState) -> None:
                 f"process has {batches} per epoch: each batch is used up to {-(-state.gradient_steps // batches)} "
                 f"times (reshuffled each epoch); the pruner's keys that set the passes (pruning.obs.num_grads, "
                 f"pruning.calibration_samples) give fewer")
-        state.summary.write(notes=[*state.summary.fields["notes"], note])
+        state.summary.add_notes(note)
 
 
 def fit(state: RunState) -> None:
@@ -331,7 +331,7 @@ def export(state: RunState) -> None:
         elif quantization.enabled:
             note += (f"; quant={quantization.approach}: the int8 model is quantized/ (uncompacted; the openvino export "
                      "backend, with quant=dynamic|static, makes the compacted one)")
-        state.summary.write(notes=[*state.summary.fields["notes"], note])
+        state.summary.add_notes(note)
     state.accelerator.wait_for_everyone()
 
 
